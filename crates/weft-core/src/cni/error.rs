@@ -1,0 +1,99 @@
+//! CNI error results. The codes are the spec's well-known ones, so runtimes can
+//! act on them (retry on 11, report misconfiguration on 7, and so on).
+
+use serde::Serialize;
+use std::fmt;
+
+/// The spec's well-known error codes (SPEC.md, "Error").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Code {
+    IncompatibleVersion = 1,
+    UnsupportedField = 2,
+    ContainerUnknown = 3,
+    InvalidEnv = 4,
+    Io = 5,
+    Decode = 6,
+    InvalidConfig = 7,
+    TryAgainLater = 11,
+    NotAvailable = 50,
+    LimitedConnectivity = 51,
+    /// Plugin-specific failures (kernel refused an operation, and so on).
+    Internal = 100,
+}
+
+/// An error as the plugin reports it on stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    pub code: Code,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: Code, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// Renders the error JSON. `cni_version` is the version of the request
+    /// when it could be read, else the newest one we speak.
+    pub fn to_json(&self, cni_version: &str) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            cni_version: &'a str,
+            code: u32,
+            msg: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            details: &'a str,
+        }
+        serde_json::to_string(&Wire {
+            cni_version,
+            code: self.code as u32,
+            msg: &self.msg,
+            details: &self.details,
+        })
+        .unwrap_or_else(|_| format!("{{\"code\":{}}}", self.code as u32))
+    }
+}
+
+impl fmt::Display for CniError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.msg, self.code as u32)?;
+        if !self.details.is_empty() {
+            write!(f, ": {}", self.details)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CniError {}
+
+pub fn invalid_config(msg: impl Into<String>) -> CniError {
+    CniError::new(Code::InvalidConfig, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_carries_code_and_omits_empty_details() {
+        let e = CniError::new(Code::InvalidConfig, "ipam.ranges[0][0].subnet: bad");
+        assert_eq!(
+            e.to_json("1.1.0"),
+            r#"{"cniVersion":"1.1.0","code":7,"msg":"ipam.ranges[0][0].subnet: bad"}"#
+        );
+        let e = e.with_details("x");
+        assert!(e.to_json("1.0.0").ends_with(r#""details":"x"}"#));
+    }
+}
