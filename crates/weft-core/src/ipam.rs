@@ -185,12 +185,18 @@ mod tests {
     fn first_candidate_skips_gateway_and_follows_last() {
         let s = RangeSet::canonicalize(&[rc("10.0.0.0/29")], "r").unwrap();
         let all: Vec<String> = s.candidates(None).map(|(_, i)| i.to_string()).collect();
-        assert_eq!(all, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert_eq!(
+            all,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
         let after: Vec<String> = s
             .candidates(Some("10.0.0.4".parse().unwrap()))
             .map(|(_, i)| i.to_string())
             .collect();
-        assert_eq!(after, ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        assert_eq!(
+            after,
+            ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        );
     }
 
     #[test]

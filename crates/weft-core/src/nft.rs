@@ -52,10 +52,16 @@ fn fam(ip: &IpAddr) -> (&'static str, &'static str) {
 pub fn skeleton() -> String {
     let t = TABLE;
     let mut s = format!("add table inet {t}\n");
-    for (v, addr, mcast) in [("4", "ipv4_addr", "224.0.0.0/4"), ("6", "ipv6_addr", "ff00::/8")] {
+    for (v, addr, mcast) in [
+        ("4", "ipv4_addr", "224.0.0.0/4"),
+        ("6", "ipv6_addr", "ff00::/8"),
+    ] {
         let _ = mcast;
         let _ = writeln!(s, "add set inet {t} masq{v} {{ type {addr}; }}");
-        let _ = writeln!(s, "add set inet {t} nets{v} {{ type {addr}; flags interval; }}");
+        let _ = writeln!(
+            s,
+            "add set inet {t} nets{v} {{ type {addr}; flags interval; }}"
+        );
         let _ = writeln!(
             s,
             "add map inet {t} hp{v} {{ type inet_proto . inet_service : {addr} . inet_service; }}"
@@ -98,8 +104,14 @@ pub fn skeleton() -> String {
             "add rule inet {t} hostports meta l4proto {{ tcp, udp, sctp }} dnat {ipk} to meta l4proto . th dport map @hp{v}"
         );
     }
-    let _ = writeln!(s, "add rule inet {t} prerouting fib daddr type local goto hostports");
-    let _ = writeln!(s, "add rule inet {t} output fib daddr type local goto hostports");
+    let _ = writeln!(
+        s,
+        "add rule inet {t} prerouting fib daddr type local goto hostports"
+    );
+    let _ = writeln!(
+        s,
+        "add rule inet {t} output fib daddr type local goto hostports"
+    );
     s
 }
 

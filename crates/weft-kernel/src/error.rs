@@ -48,8 +48,10 @@ impl KernelError {
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self.errno(), Some(libc_errno::ENOENT | libc_errno::ENODEV | libc_errno::ESRCH))
-            || matches!(self, KernelError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(
+            self.errno(),
+            Some(libc_errno::ENOENT | libc_errno::ENODEV | libc_errno::ESRCH)
+        ) || matches!(self, KernelError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 
     pub fn is_exists(&self) -> bool {

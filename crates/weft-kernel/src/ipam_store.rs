@@ -94,7 +94,10 @@ impl IpamStore {
 
     /// Reserves `ip` for the attachment; false if someone holds it.
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool, KernelError> {
-        self.create_exclusive(&self.dir.join(ip.to_string()), &format!("{}{LINE_BREAK}{ifname}", id.trim()))
+        self.create_exclusive(
+            &self.dir.join(ip.to_string()),
+            &format!("{}{LINE_BREAK}{ifname}", id.trim()),
+        )
     }
 
     /// The holder of `ip`, if reserved.
@@ -199,10 +202,12 @@ impl IpamStore {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -211,7 +216,11 @@ mod tests {
     use super::*;
 
     fn tmpdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("weft-ipam-test-{}-{}", std::process::id(), rand_suffix()));
+        let d = std::env::temp_dir().join(format!(
+            "weft-ipam-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         fs::create_dir_all(&d).unwrap();
         d
     }

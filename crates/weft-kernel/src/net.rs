@@ -95,8 +95,8 @@ impl Net {
             .build()
             .map_err(|e| KernelError::io("tokio runtime", e))?;
         let handle = rt.block_on(async {
-            let (conn, handle, _) = rtnetlink::new_connection()
-                .map_err(|e| KernelError::io("netlink socket", e))?;
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| KernelError::io("netlink socket", e))?;
             tokio::spawn(conn);
             Ok::<_, KernelError>(handle)
         })?;
@@ -107,7 +107,14 @@ impl Net {
         let h = self.handle.clone();
         let name = name.to_string();
         self.rt.block_on(async move {
-            match h.link().get().match_name(name.clone()).execute().try_next().await {
+            match h
+                .link()
+                .get()
+                .match_name(name.clone())
+                .execute()
+                .try_next()
+                .await
+            {
                 Ok(Some(m)) => Ok(Some(link_from_msg(&m))),
                 Ok(None) => Ok(None),
                 Err(e) => {
@@ -267,12 +274,17 @@ impl Net {
     }
 
     pub fn set_up(&self, index: u32) -> Result<(), KernelError> {
-        self.set_link(LinkUnspec::new_with_index(index).up().build(), "set link up")
+        self.set_link(
+            LinkUnspec::new_with_index(index).up().build(),
+            "set link up",
+        )
     }
 
     pub fn set_mac(&self, index: u32, mac: &[u8]) -> Result<(), KernelError> {
         self.set_link(
-            LinkUnspec::new_with_index(index).address(mac.to_vec()).build(),
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
             "set mac",
         )
     }
@@ -358,18 +370,15 @@ impl Net {
     }
 
     /// Adds a route out of `oif`; an identical existing one is fine.
-    pub fn add_route(
-        &self,
-        dst: IpNet,
-        gw: Option<IpAddr>,
-        oif: u32,
-    ) -> Result<(), KernelError> {
+    pub fn add_route(&self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> Result<(), KernelError> {
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
             .map_err(|e| KernelError::Other(e.to_string()))?
             .output_interface(oif);
         if let Some(gw) = gw {
-            b = b.gateway(gw).map_err(|e| KernelError::Other(e.to_string()))?;
+            b = b
+                .gateway(gw)
+                .map_err(|e| KernelError::Other(e.to_string()))?;
         } else {
             b = b.scope(netlink_packet_route::route::RouteScope::Link);
         }
@@ -436,4 +445,21 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 /// Used by CHECK to see whether the peer is still a veth.
 pub fn is_veth(l: &Link) -> bool {
     l.kind.as_deref() == Some(&InfoKind::Veth.to_string())
+}
+
+impl Net {
+    /// Makes `vid` the port's untagged PVID (`bridge vlan add ... pvid untagged`).
+    pub fn set_port_vlan(&self, index: u32, vid: u16) -> Result<(), KernelError> {
+        use netlink_packet_route::link::BridgeVlanInfoFlags;
+        let msg = rtnetlink::LinkBridgeVlan::new(index)
+            .vlan(
+                vid,
+                BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged,
+            )
+            .build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().set(msg).execute().await })
+            .map_err(|e| KernelError::netlink(format!("set vlan {vid}"), e))
+    }
 }

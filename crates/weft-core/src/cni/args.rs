@@ -23,7 +23,10 @@ impl CniArgs {
             .filter(|p| !p.is_empty())
             .map(|p| {
                 p.split_once('=').ok_or_else(|| {
-                    CniError::new(Code::InvalidEnv, format!("CNI_ARGS: {p:?} is not KEY=VALUE"))
+                    CniError::new(
+                        Code::InvalidEnv,
+                        format!("CNI_ARGS: {p:?} is not KEY=VALUE"),
+                    )
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -34,7 +37,9 @@ impl CniArgs {
             match k {
                 "IgnoreUnknown" => {}
                 // The reference host-local accepts a comma-separated list.
-                "IP" => out.ips.extend(v.split(',').filter(|s| !s.is_empty()).map(String::from)),
+                "IP" => out
+                    .ips
+                    .extend(v.split(',').filter(|s| !s.is_empty()).map(String::from)),
                 "MAC" => out.mac = Some(v.to_string()),
                 "K8S_POD_NAMESPACE" => out.k8s_pod_namespace = Some(v.to_string()),
                 "K8S_POD_NAME" => out.k8s_pod_name = Some(v.to_string()),
@@ -64,7 +69,10 @@ mod tests {
         let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.0.0.5;Foo=bar").unwrap();
         assert_eq!(a.ips, vec!["10.0.0.5"]);
         assert_eq!(a.k8s_pod_name.as_deref(), Some("web"));
-        assert_eq!(CniArgs::parse("Foo=bar").unwrap_err().code, Code::InvalidEnv);
+        assert_eq!(
+            CniArgs::parse("Foo=bar").unwrap_err().code,
+            Code::InvalidEnv
+        );
         assert_eq!(CniArgs::parse("junk").unwrap_err().code, Code::InvalidEnv);
         assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
     }

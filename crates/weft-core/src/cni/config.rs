@@ -5,6 +5,7 @@
 //! `"type": "weft-cni"` and keep working. Unknown keys are accepted, as the spec
 //! requires of plugins.
 
+pub use super::error::invalid_config_path;
 use super::error::{invalid_config, CniError, Code};
 use super::result::Dns;
 use super::version::Version;
@@ -197,9 +198,7 @@ impl NetConf {
     fn validate(&self) -> Result<(), CniError> {
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
-                return Err(invalid_config(format!(
-                    "mtu: {mtu} is outside 68..65535"
-                )));
+                return Err(invalid_config(format!("mtu: {mtu} is outside 68..65535")));
             }
         }
         if let Some(vlan) = self.vlan {
@@ -208,8 +207,7 @@ impl NetConf {
             }
         }
         if let Some(b) = &self.bridge {
-            if b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace)
-            {
+            if b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace) {
                 return Err(invalid_config(format!(
                     "bridge: {b:?} is not a valid interface name (1-15 characters)"
                 )));
@@ -344,7 +342,9 @@ mod tests {
 
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, Code::Decode);
         assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"0.9.0"}"#).unwrap_err().code,
+            NetConf::parse(br#"{"cniVersion":"0.9.0"}"#)
+                .unwrap_err()
+                .code,
             Code::IncompatibleVersion
         );
         assert_eq!(

@@ -97,3 +97,8 @@ mod tests {
         assert!(e.to_json("1.0.0").ends_with(r#""details":"x"}"#));
     }
 }
+
+/// Error 7 naming the offending field.
+pub fn invalid_config_path(field: &str, msg: impl std::fmt::Display) -> CniError {
+    CniError::new(Code::InvalidConfig, format!("{field}: {msg}"))
+}

@@ -156,8 +156,16 @@ impl CniResult {
         if let Some(ifaces) = v.get("interfaces").and_then(Value::as_array) {
             for i in ifaces {
                 out.interfaces.push(Interface {
-                    name: i.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
-                    mac: i.get("mac").and_then(Value::as_str).unwrap_or("").to_string(),
+                    name: i
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    mac: i
+                        .get("mac")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                     mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
                     sandbox: i.get("sandbox").and_then(Value::as_str).map(String::from),
                 });
@@ -189,7 +197,10 @@ impl CniResult {
                 out.ips.push(IpConfig {
                     address: parse_net(ip.get("address"))?,
                     gateway: parse_ip(ip.get("gateway"))?,
-                    interface: ip.get("interface").and_then(Value::as_u64).map(|i| i as usize),
+                    interface: ip
+                        .get("interface")
+                        .and_then(Value::as_u64)
+                        .map(|i| i as usize),
                 });
             }
         }
@@ -252,7 +263,12 @@ mod tests {
     #[test]
     fn round_trips() {
         let r = sample();
-        for v in [Version::V0_3_0, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0] {
+        for v in [
+            Version::V0_3_0,
+            Version::V0_4_0,
+            Version::V1_0_0,
+            Version::V1_1_0,
+        ] {
             let mut back = CniResult::from_json(&r.to_json(v)).unwrap();
             if v < Version::V1_1_0 {
                 back.interfaces[0].mtu = Some(1500);

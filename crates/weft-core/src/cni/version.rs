@@ -4,7 +4,9 @@ use super::error::{CniError, Code};
 use std::fmt;
 
 /// The versions weft-cni accepts and can answer in, oldest first.
-pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// The newest version, used for VERSION and for errors when the request's
 /// own version could not be read.
@@ -60,7 +62,10 @@ mod tests {
     #[test]
     fn parses_and_orders() {
         assert!(Version::parse_supported("0.3.1").unwrap() < Version::V0_4_0);
-        assert_eq!(Version::parse_supported("1.1.0").unwrap().to_string(), "1.1.0");
+        assert_eq!(
+            Version::parse_supported("1.1.0").unwrap().to_string(),
+            "1.1.0"
+        );
         assert_eq!(
             Version::parse_supported("9.9.9").unwrap_err().code,
             Code::IncompatibleVersion

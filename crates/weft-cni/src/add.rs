@@ -1,0 +1,408 @@
+//! ADD: IPAM, then the bridge, the veth pair, the container side, the
+//! gateway and finally the NAT elements. Any failure rolls back everything
+//! done so far, so a failed ADD leaves neither an address nor a device nor a
+//! rule behind.
+
+use crate::env::Env;
+use crate::ipam::{self, Allocation};
+use crate::kernel_err;
+use crate::record::{host_veth_name, Record};
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::path::Path;
+use weft_core::cni::config::invalid_config_path;
+use weft_core::cni::{CniError, CniResult, Code, Interface, NetConf, Route, Version};
+use weft_core::nft::{HostPort, PodNat};
+use weft_kernel::net::{parse_mac, Net};
+use weft_kernel::netns::NetNs;
+use weft_kernel::{nft, sysctl};
+
+pub fn add(
+    env: &Env,
+    conf: &NetConf,
+    v: Version,
+    stdin: &[u8],
+) -> Result<serde_json::Value, CniError> {
+    let id = env.container_id()?;
+    let ifname = env.ifname()?;
+    let netns_path = env.netns()?;
+    let args = env.cni_args()?;
+    if conf.name.is_empty() {
+        return Err(invalid_config_path("name", "missing"));
+    }
+    let netns = NetNs::open(Path::new(netns_path))
+        .map_err(|e| CniError::new(Code::InvalidEnv, format!("CNI_NETNS: {e}")))?;
+
+    let mac = match (conf.requested_mac(), &args.mac) {
+        (Some(m), _) => Some(parse_mac(m).ok_or_else(|| {
+            invalid_config_path("runtimeConfig.mac", format!("{m:?} is not a MAC address"))
+        })?),
+        (None, Some(m)) => Some(parse_mac(m).ok_or_else(|| {
+            CniError::new(
+                Code::InvalidEnv,
+                format!("CNI_ARGS: MAC {m:?} is not a MAC address"),
+            )
+        })?),
+        (None, None) => None,
+    };
+    let requested = {
+        let from_conf = conf.requested_ips();
+        if from_conf.is_empty() {
+            ipam::parse_requested(&args.ips, "CNI_ARGS IP")
+                .map_err(|e| CniError::new(Code::InvalidEnv, e.msg))?
+        } else {
+            ipam::parse_requested(&from_conf, "runtimeConfig.ips")?
+        }
+    };
+
+    // IPAM first: nothing is touched in the kernel until we own addresses.
+    let builtin = conf.ipam_is_builtin();
+    let alloc = if builtin {
+        let (routes, dns) = ipam::builtin_extras(conf)?;
+        let (store, ips) = ipam::builtin_add(conf, id, ifname, &requested)?;
+        let a = Allocation { ips, routes, dns };
+        // The record goes down while the lock is held, before any kernel
+        // change, so a crash at any later point is undone by DEL or GC.
+        let record = Record {
+            container_id: id.to_string(),
+            ifname: ifname.to_string(),
+            netns: netns_path.to_string(),
+            host_veth: host_veth_name(id, ifname),
+            ips: a.ips.iter().map(|i| i.address).collect(),
+            nat: nat_plan(conf, &a),
+        };
+        if let Err(e) = store.put_record(
+            id,
+            ifname,
+            &serde_json::to_string(&record).unwrap_or_default(),
+        ) {
+            for ip in &a.ips {
+                let _ = store.release(ip.address.addr(), id, ifname);
+            }
+            return Err(kernel_err("write attachment record")(e));
+        }
+        a
+    } else {
+        let r = ipam::delegate(env, conf, "ADD", stdin)?.unwrap_or_default();
+        if r.ips.is_empty() {
+            return Err(CniError::new(
+                Code::Internal,
+                "ipam plugin returned no addresses",
+            ));
+        }
+        Allocation {
+            ips: r.ips,
+            routes: r.routes,
+            dns: r.dns,
+        }
+    };
+
+    let mut done = Done::default();
+    match setup(conf, id, ifname, &netns, mac.as_deref(), &alloc, &mut done) {
+        Ok(mut result) => {
+            result.dns = [conf.dns.clone(), conf.runtime_config.dns.clone()]
+                .into_iter()
+                .flatten()
+                .find(|d| !d.is_empty())
+                .unwrap_or(alloc.dns.clone());
+            Ok(result.to_json(v))
+        }
+        Err(e) => {
+            rollback(env, conf, id, ifname, stdin, &alloc, &done);
+            Err(e)
+        }
+    }
+}
+
+/// What `setup` got as far as, for rollback.
+#[derive(Default)]
+struct Done {
+    veth: Option<String>,
+    nat: Option<PodNat>,
+}
+
+fn rollback(
+    env: &Env,
+    conf: &NetConf,
+    id: &str,
+    ifname: &str,
+    stdin: &[u8],
+    alloc: &Allocation,
+    done: &Done,
+) {
+    if let Some(nat) = &done.nat {
+        crate::del::remove_nat(nat);
+    }
+    if let Some(name) = &done.veth {
+        if let Ok(net) = Net::new() {
+            if let Ok(Some(l)) = net.link_by_name(name) {
+                let _ = net.del_link(l.index);
+            }
+        }
+    }
+    if conf.ipam_is_builtin() {
+        if let Ok(store) = weft_kernel::ipam_store::IpamStore::open(&conf.data_dir(), &conf.name) {
+            for ip in &alloc.ips {
+                let _ = store.release(ip.address.addr(), id, ifname);
+            }
+            let _ = store.del_record(id, ifname);
+        }
+    } else {
+        let _ = ipam::delegate_quiet(env, conf, "DEL", stdin);
+    }
+}
+
+/// The NAT elements this attachment needs: its addresses for ipMasq, and
+/// each hostPort for every address of the matching family.
+pub fn nat_plan(conf: &NetConf, a: &Allocation) -> PodNat {
+    let mut nat = PodNat::default();
+    if conf.ip_masq {
+        nat.masq = a.ips.iter().map(|i| i.address.addr()).collect();
+        nat.nets = a.ips.iter().map(|i| i.address.trunc()).collect();
+    }
+    for pm in &conf.runtime_config.port_mappings {
+        let host_ip: Option<IpAddr> = pm.host_ip.as_deref().and_then(|h| h.parse().ok());
+        for ip in &a.ips {
+            let pod_ip = ip.address.addr();
+            if host_ip.is_some_and(|h| h.is_ipv4() != pod_ip.is_ipv4()) {
+                continue;
+            }
+            nat.ports.push(HostPort {
+                protocol: pm.protocol.to_ascii_lowercase(),
+                host_ip,
+                host_port: pm.host_port,
+                pod_ip,
+                container_port: pm.container_port,
+            });
+        }
+    }
+    nat
+}
+
+fn family_gateway(a: &Allocation, v4: bool) -> Option<IpAddr> {
+    a.ips
+        .iter()
+        .filter(|i| i.address.addr().is_ipv4() == v4)
+        .find_map(|i| i.gateway)
+}
+
+fn setup(
+    conf: &NetConf,
+    id: &str,
+    ifname: &str,
+    netns: &NetNs,
+    mac: Option<&[u8]>,
+    alloc: &Allocation,
+    done: &mut Done,
+) -> Result<CniResult, CniError> {
+    let k = kernel_err;
+    let host = Net::new().map_err(k("netlink"))?;
+    let bridge = host
+        .ensure_bridge(
+            conf.bridge_name(),
+            conf.mtu,
+            conf.promisc_mode,
+            conf.vlan.is_some(),
+        )
+        .map_err(|e| {
+            CniError::new(
+                Code::Internal,
+                format!("bridge {}: {e}", conf.bridge_name()),
+            )
+        })?;
+    let host_veth = host_veth_name(id, ifname);
+    // Mark before creating: a half-made pair is still ours to remove.
+    done.veth = Some(host_veth.clone());
+    host.create_veth(&host_veth, ifname, netns.raw_fd(), conf.mtu, mac)
+        .map_err(|e| {
+            if e.is_exists() {
+                CniError::new(
+                    Code::Internal,
+                    format!("interface {ifname} already exists in the container, or {host_veth} on the host"),
+                )
+            } else {
+                k("create veth pair")(e)
+            }
+        })?;
+    let hv = host
+        .link_by_name(&host_veth)
+        .map_err(k("find host veth"))?
+        .ok_or_else(|| CniError::new(Code::Internal, format!("{host_veth} vanished")))?;
+    host.attach_port(hv.index, bridge.index, conf.hairpin_mode)
+        .map_err(k("attach veth to bridge"))?;
+    if let Some(vid) = conf.vlan {
+        host.set_port_vlan(hv.index, vid)
+            .map_err(k("set port vlan"))?;
+    }
+
+    // Routes: IPAM's, plus a default route per family for isDefaultGateway.
+    let mut routes: Vec<Route> = alloc.routes.clone();
+    if conf.is_default_gateway {
+        for v4 in [true, false] {
+            if let Some(gw) = family_gateway(alloc, v4) {
+                let dst: IpNet = if v4 { "0.0.0.0/0" } else { "::/0" }
+                    .parse()
+                    .expect("literal");
+                if !routes.iter().any(|r| r.dst == dst) {
+                    routes.push(Route { dst, gw: Some(gw) });
+                }
+            }
+        }
+    }
+    let ips = alloc.ips.clone();
+    let route_plan: Vec<(IpNet, Option<IpAddr>)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r.dst,
+                r.gw.or_else(|| family_gateway(alloc, r.dst.addr().is_ipv4())),
+            )
+        })
+        .collect();
+    let enabledad = conf.enabledad;
+    let ifname_owned = ifname.to_string();
+    let (cmac, cmtu) = netns
+        .run(move || {
+            let net = Net::new()?;
+            let link = net.link_by_name(&ifname_owned)?.ok_or_else(|| {
+                weft_kernel::KernelError::Other(format!("{ifname_owned} missing in container"))
+            })?;
+            if ips.iter().any(|i| i.address.addr().is_ipv6()) && !enabledad {
+                // Without DAD the address is usable at once; the reference
+                // plugin does the same unless enabledad is set.
+                let _ = sysctl::write(
+                    Path::new("/proc/sys"),
+                    &format!("net/ipv6/conf/{ifname_owned}/accept_dad"),
+                    "0",
+                );
+            }
+            net.set_up(link.index)?;
+            for ip in &ips {
+                net.add_addr(link.index, ip.address)?;
+            }
+            for (dst, gw) in &route_plan {
+                net.add_route(*dst, *gw, link.index)?;
+            }
+            Ok((link.mac, link.mtu))
+        })
+        .map_err(k("configure container interface"))?;
+
+    if conf.is_gateway || conf.is_default_gateway {
+        ensure_gateway(&host, bridge.index, conf, alloc)?;
+    }
+
+    let nat = nat_plan(conf, alloc);
+    if !nat.is_empty() {
+        apply_nat(&nat)?;
+        done.nat = Some(nat);
+    }
+
+    let br = host
+        .link_by_index(bridge.index)
+        .map_err(k("read bridge"))?
+        .unwrap_or(bridge);
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface {
+                name: br.name.clone(),
+                mac: br.mac.clone(),
+                mtu: Some(br.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: hv.name.clone(),
+                mac: hv.mac.clone(),
+                mtu: Some(hv.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: ifname.to_string(),
+                mac: cmac,
+                mtu: Some(cmtu),
+                sandbox: Some(netns.path().display().to_string()),
+            },
+        ],
+        ips: alloc.ips.clone(),
+        routes,
+        dns: Default::default(),
+    };
+    for ip in &mut result.ips {
+        ip.interface = Some(2);
+    }
+    Ok(result)
+}
+
+/// Puts each family's gateway on the bridge and turns on forwarding, with
+/// the reference plugin's rule: another IPv4 address (or an overlapping
+/// IPv6 one) on the bridge is an error unless forceAddress replaces it.
+fn ensure_gateway(
+    host: &Net,
+    bridge: u32,
+    conf: &NetConf,
+    alloc: &Allocation,
+) -> Result<(), CniError> {
+    let k = kernel_err;
+    let existing = host.addrs(bridge).map_err(k("list bridge addresses"))?;
+    for ip in &alloc.ips {
+        let Some(gw) = ip.gateway else { continue };
+        let want = IpNet::new(gw, ip.address.prefix_len())
+            .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
+        if existing.contains(&want) {
+            continue;
+        }
+        for a in existing
+            .iter()
+            .filter(|a| a.addr().is_ipv4() == gw.is_ipv4())
+        {
+            if gw.is_ipv4() || a.contains(&gw) || want.contains(&a.addr()) {
+                if conf.force_address {
+                    host.del_addr(bridge, *a)
+                        .map_err(k("remove old bridge address"))?;
+                } else {
+                    return Err(CniError::new(
+                        Code::Internal,
+                        format!(
+                            "{:?} already has an IP address {a} different from {want}",
+                            conf.bridge_name()
+                        ),
+                    ));
+                }
+            }
+        }
+        host.add_addr(bridge, want)
+            .map_err(k("add gateway address to bridge"))?;
+        let key = if gw.is_ipv4() {
+            "net/ipv4/ip_forward"
+        } else {
+            "net/ipv6/conf/all/forwarding"
+        };
+        let proc = Path::new("/proc/sys");
+        if sysctl::read(proc, key).ok().as_deref() != Some("1") {
+            sysctl::write(proc, key, "1").map_err(k("enable forwarding"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the elements; the first pod on a node also lays the skeleton, in
+/// the same transaction.
+fn apply_nat(nat: &PodNat) -> Result<(), CniError> {
+    let elems = weft_core::nft::add_elements(nat);
+    match nft::apply(&elems) {
+        Ok(()) => Ok(()),
+        Err(e) if nft::is_missing(&e) => {
+            let full = weft_core::nft::skeleton() + &elems;
+            nft::apply(&full).map_err(nat_err)
+        }
+        Err(e) => Err(nat_err(e)),
+    }
+}
+
+fn nat_err(e: weft_kernel::KernelError) -> CniError {
+    let s = e.to_string();
+    if s.contains("busy") || s.contains("exists") {
+        CniError::new(Code::Internal, format!("hostPort already in use: {s}"))
+    } else {
+        CniError::new(Code::Internal, format!("nftables: {s}"))
+    }
+}
