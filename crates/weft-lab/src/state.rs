@@ -1,0 +1,57 @@
+//! What a running lab consists of, saved after every step so `down` can
+//! always find everything that was made.
+
+use crate::LabError;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub container_id: String,
+    pub ips: Vec<String>,
+    pub pid: Option<u32>,
+    /// The CNI ADD result, handed back as prevResult on DEL.
+    pub result: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub node: NodeState,
+    pub pod_cidr: IpNet,
+    pub conflist: Value,
+    pub pods: Vec<PodState>,
+}
+
+impl LabState {
+    pub fn save(&self, dir: &Path) -> Result<(), LabError> {
+        let p = dir.join("state.json");
+        let tmp = dir.join("state.json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::Msg(e.to_string()))?;
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|e| LabError::Msg(format!("write {}: {e}", p.display())))
+    }
+
+    pub fn load(dir: &Path) -> Result<Option<LabState>, LabError> {
+        let p = dir.join("state.json");
+        match std::fs::read_to_string(&p) {
+            Ok(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| LabError::Msg(format!("{}: {e}", p.display()))),
+            Err(_) => Ok(None),
+        }
+    }
+}
