@@ -1,0 +1,153 @@
+//! End-to-end tests of `weft lab`: real namespaces, real packets.
+//! Each test uses its own lab name, so they run in parallel, and tears the
+//! lab down even when an assertion fails.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use weft_testkit::{require_root, unique};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn weft(args: &[&str]) -> Output {
+    Command::new(WEFT).args(args).output().expect("run weft")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = weft(args);
+    assert!(
+        o.status.success(),
+        "weft {args:?} failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A lab that is taken down on drop.
+struct Lab(String);
+
+impl Lab {
+    fn up(manifests: &Path) -> Lab {
+        require_root();
+        let name = unique("lab");
+        let lab = Lab(name);
+        ok(&["lab", "up", "--name", &lab.0, "-f", manifests.to_str().unwrap()]);
+        lab
+    }
+
+    fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        let mut a = vec!["lab", "exec", "--name", &self.0, target, "--"];
+        a.extend_from_slice(cmd);
+        weft(&a)
+    }
+
+    fn ip_of(&self, pod: &str) -> String {
+        let s = ok(&["lab", "status", "--name", &self.0]);
+        s.lines()
+            .find(|l| l.split_whitespace().next() == Some(pod))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("{pod} not in status:\n{s}"))
+            .to_string()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = weft(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+fn namespaces_of(lab: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("weft-{lab}.")))
+        .collect()
+}
+
+fn demo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/demo"))
+}
+
+#[test]
+fn demo_pods_talk_and_down_removes_everything() {
+    let lab = Lab::up(demo());
+    let web = lab.ip_of("default/web");
+    let client = lab.ip_of("default/client");
+    assert_ne!(web, client);
+    assert!(web.starts_with("10.244.1."), "{web}");
+
+    let ping = lab.exec("default/client", &["ping", "-c", "1", "-W", "2", &web]);
+    assert!(ping.status.success(), "pod -> pod ping failed");
+    let gw = lab.exec("default/client", &["ping", "-c", "1", "-W", "2", "10.244.1.1"]);
+    assert!(gw.status.success(), "pod -> node ping failed");
+    let back = lab.exec("node/node-1", &["ping", "-c", "1", "-W", "2", &client]);
+    assert!(back.status.success(), "node -> pod ping failed");
+
+    // The web pod's process runs inside its namespace and serves HTTP.
+    let mut body = String::new();
+    for _ in 0..50 {
+        let o = lab.exec(
+            "default/client",
+            &["timeout", "5", "busybox", "wget", "-qO-", &format!("http://{web}:8080/")],
+        );
+        body = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(body.contains("hello from web"), "got {body:?}");
+
+    // exec passes the command's exit code through.
+    assert_eq!(lab.exec("default/client", &["sh", "-c", "exit 7"]).status.code(), Some(7));
+
+    let name = lab.0.clone();
+    assert_eq!(namespaces_of(&name).len(), 3);
+    ok(&["lab", "down", "--name", &name]);
+    assert!(namespaces_of(&name).is_empty(), "namespaces left: {:?}", namespaces_of(&name));
+    assert!(!Path::new("/run/weft/labs").join(&name).exists());
+    // A second down is harmless.
+    ok(&["lab", "down", "--name", &name]);
+}
+
+#[test]
+fn bad_manifest_is_reported_by_file_and_field_and_changes_nothing() {
+    require_root();
+    let dir = std::env::temp_dir().join(unique("manifests"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("a.yaml"),
+        "kind: Pod\nmetadata: {name: fine}\nspec: {containers: [{name: c, command: [sleep, '60']}]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.yaml"),
+        "kind: Pod\nmetadata: {name: broken}\nspec:\n  containers:\n  - name: c\n    command: 42\n",
+    )
+    .unwrap();
+    let name = unique("bad");
+    let o = weft(&["lab", "up", "--name", &name, "-f", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!o.status.success());
+    assert!(err.contains("b.yaml") && err.contains("spec.containers[0].command"), "{err}");
+    assert!(namespaces_of(&name).is_empty());
+    assert!(!Path::new("/run/weft/labs").join(&name).exists());
+}
+
+#[test]
+fn two_labs_run_side_by_side() {
+    let a = Lab::up(demo());
+    let b = Lab::up(demo());
+    // Same addresses in each, isolated from each other.
+    assert_eq!(a.ip_of("default/web"), b.ip_of("default/web"));
+    for lab in [&a, &b] {
+        let web = lab.ip_of("default/web");
+        assert!(lab.exec("default/client", &["ping", "-c", "1", "-W", "2", &web]).status.success());
+    }
+    let dup = weft(&["lab", "up", "--name", &a.0, "-f", demo().to_str().unwrap()]);
+    assert!(!dup.status.success(), "a second up of a running lab must fail");
+}

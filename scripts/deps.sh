@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what weft's lab, tests and benchmarks need on Debian, as root.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+PACKAGES=(
+  iproute2 nftables iptables conntrack       # the kernel's network tools
+  containernetworking-plugins                # the reference CNI plugins (side-by-side tests)
+  containerd runc busybox-static             # a real runtime for the ctr test; busybox for pods
+  iputils-ping socat dnsutils iperf3         # traffic in tests
+  util-linux procps psmisc                   # setsid, unshare, nsenter, pkill
+  hyperfine                                  # benchmarks
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# containerd's Debian service may start on install; weft's tests run their
+# own containerd inside a namespace, so the host one is not needed.
+
+if ! command -v cargo >/dev/null 2>&1; then
+  for c in "$HOME/.cargo/bin/cargo" /usr/local/cargo/bin/cargo; do
+    [ -x "$c" ] && export PATH="$(dirname "$c"):$PATH" && break
+  done
+fi
+command -v cargo >/dev/null 2>&1 || {
+  echo "cargo not found: weft needs a Rust toolchain >= 1.85 (rustup)" >&2
+  exit 1
+}
