@@ -1,0 +1,115 @@
+//! The in-memory cluster: the objects weft acts on, keyed like the API.
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use std::collections::BTreeMap;
+
+/// One API object of a kind weft understands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Node(Box<Node>),
+    Pod(Box<Pod>),
+    Namespace(Box<Namespace>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
+}
+
+/// kind, namespace ("" for cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Node(_) => "Node",
+            Object::Pod(_) => "Pod",
+            Object::Namespace(_) => "Namespace",
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
+        }
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Node(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let m = self.meta();
+        let namespaced = !matches!(self, Object::Node(_) | Object::Namespace(_));
+        ObjectKey {
+            kind: self.kind(),
+            namespace: if namespaced {
+                m.namespace.clone().unwrap_or_else(|| "default".into())
+            } else {
+                String::new()
+            },
+            name: m.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Every object, by key. Cloning is cheap enough at the scales weft syncs
+/// (the compilers take `&ClusterState`; sources own the only mutable copy).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterState {
+    pub objects: BTreeMap<ObjectKey, Object>,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, o: Object) {
+        self.objects.insert(o.key(), o);
+    }
+
+    pub fn delete(&mut self, k: &ObjectKey) -> Option<Object> {
+        self.objects.remove(k)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.objects.values().filter_map(|o| match o {
+            Object::Node(n) => Some(n.as_ref()),
+            _ => None,
+        })
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.objects.values().filter_map(|o| match o {
+            Object::Pod(p) => Some(p.as_ref()),
+            _ => None,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        match self.objects.get(&ObjectKey {
+            kind: "Node",
+            namespace: String::new(),
+            name: name.to_string(),
+        }) {
+            Some(Object::Node(n)) => Some(n),
+            _ => None,
+        }
+    }
+}

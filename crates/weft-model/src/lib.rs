@@ -1,0 +1,14 @@
+//! The cluster as weft sees it, and the pure compilers from it to what a
+//! node's kernel should hold.
+//!
+//! Both sources (the Kubernetes API through kube-rs watchers, and the
+//! standalone directory of manifests) produce the same `Object`s and feed
+//! the same `ClusterState`. Compilers read a `ClusterState` and return
+//! values; they never touch the kernel, so they are tested as tables.
+
+pub mod cluster;
+pub mod manifest;
+pub mod routes;
+pub mod subnets;
+
+pub use cluster::{ClusterState, Object, ObjectKey};
