@@ -10,6 +10,7 @@ pub mod ipam_store;
 pub mod net;
 pub mod netns;
 pub mod nft;
+pub mod overlay;
 pub mod sysctl;
 
 pub use error::KernelError;

@@ -38,8 +38,8 @@ pub struct RouteEntry {
 }
 
 pub struct Net {
-    rt: tokio::runtime::Runtime,
-    handle: Handle,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) handle: Handle,
 }
 
 pub fn format_mac(b: &[u8]) -> String {

@@ -1,0 +1,380 @@
+//! Netlink operations for cross-node routing: the VXLAN device, routes
+//! tagged with weft's protocol number, permanent neighbour entries and
+//! VXLAN FDB entries. Listing by tag is what lets a restarted agent diff
+//! against the kernel instead of flushing (and dropping traffic).
+
+use crate::error::KernelError;
+use crate::net::{Link, Net};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The `proto` of every route weft installs (`ip route show proto 87`).
+pub const WEFT_ROUTE_PROTO: u8 = 87;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TaggedRoute {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub onlink: bool,
+}
+
+/// The VXLAN parameters that, if they differ, force a re-create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanParams {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub underlay_index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+fn vxlan_info(m: &netlink_packet_route::link::LinkMessage) -> (Option<u32>, Option<u16>, Option<Ipv4Addr>, Option<u32>) {
+    let (mut id, mut port, mut local, mut link) = (None, None, None, None);
+    for a in &m.attributes {
+        if let LinkAttribute::LinkInfo(infos) = a {
+            for i in infos {
+                if let LinkInfo::Data(InfoData::Vxlan(v)) = i {
+                    for x in v {
+                        match x {
+                            InfoVxlan::Id(v) => id = Some(*v),
+                            InfoVxlan::Port(p) => port = Some(*p),
+                            InfoVxlan::Local(l) => local = Some(*l),
+                            InfoVxlan::Link(l) => link = Some(*l),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (id, port, local, link)
+}
+
+impl Net {
+    /// Makes the VXLAN device match `p`: kept as it is when it already
+    /// does (a restart must not disturb traffic), re-created when its
+    /// identity differs, with MAC/MTU fixed in place.
+    pub fn ensure_vxlan(&self, p: &VxlanParams) -> Result<Link, KernelError> {
+        let h = self.handle.clone();
+        let name = p.name.clone();
+        let existing = self.rt.block_on(async move {
+            match h.link().get().match_name(name).execute().try_next().await {
+                Ok(m) => Ok(m),
+                Err(e) => {
+                    let ke = KernelError::netlink("get vxlan", e);
+                    if ke.is_not_found() {
+                        Ok(None)
+                    } else {
+                        Err(ke)
+                    }
+                }
+            }
+        })?;
+        if let Some(m) = &existing {
+            let (id, port, local, link) = vxlan_info(m);
+            let same = id == Some(p.vni)
+                && port == Some(p.port)
+                && local == Some(p.local)
+                && link == Some(p.underlay_index);
+            if !same {
+                self.del_link(m.header.index)?;
+            }
+        }
+        if self.link_by_name(&p.name)?.is_none() {
+            let msg = LinkVxlan::new(&p.name, p.vni)
+                .dev(p.underlay_index)
+                .port(p.port)
+                .local(p.local)
+                .learning(false)
+                .mtu(p.mtu)
+                .address(p.mac.to_vec())
+                .build();
+            let h = self.handle.clone();
+            let r = self
+                .rt
+                .block_on(async move { h.link().add(msg).execute().await })
+                .map_err(|e| KernelError::netlink(format!("create vxlan {}", p.name), e));
+            match r {
+                Err(e) if !e.is_exists() => return Err(e),
+                _ => {}
+            }
+        }
+        let l = self
+            .link_by_name(&p.name)?
+            .ok_or_else(|| KernelError::Other(format!("{} vanished", p.name)))?;
+        let want_mac = crate::net::format_mac(&p.mac);
+        if l.mac != want_mac || l.mtu != p.mtu || !l.up {
+            let msg = LinkUnspec::new_with_index(l.index)
+                .address(p.mac.to_vec())
+                .mtu(p.mtu)
+                .up()
+                .build();
+            let h = self.handle.clone();
+            self.rt
+                .block_on(async move { h.link().set(msg).execute().await })
+                .map_err(|e| KernelError::netlink("configure vxlan", e))?;
+        }
+        Ok(l)
+    }
+
+    /// Routes carrying weft's protocol tag, both families, main table.
+    pub fn tagged_routes(&self) -> Result<Vec<TaggedRoute>, KernelError> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let h = self.handle.clone();
+            let mut q = RouteMessageBuilder::<IpAddr>::new().build();
+            q.header.address_family = fam;
+            let msgs: Vec<RouteMessage> = self
+                .rt
+                .block_on(async move { h.route().get(q).execute().try_collect().await })
+                .map_err(|e| KernelError::netlink("list routes", e))?;
+            for m in msgs {
+                if m.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO) {
+                    continue;
+                }
+                let (mut dst, mut gw, mut oif) = (None, None, None);
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst = route_ip(d),
+                        RouteAttribute::Gateway(g) => gw = route_ip(g),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                let Some(dst) = dst.and_then(|d| IpNet::new(d, m.header.destination_prefix_length).ok()) else {
+                    continue;
+                };
+                out.push(TaggedRoute {
+                    dst,
+                    gw,
+                    oif,
+                    onlink: m.header.flags.contains(RouteFlags::Onlink),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn tagged_route_msg(&self, r: &TaggedRoute) -> Result<RouteMessage, KernelError> {
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.dst.addr(), r.dst.prefix_len())
+            .map_err(|e| KernelError::Other(e.to_string()))?
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO));
+        if let Some(i) = r.oif {
+            b = b.output_interface(i);
+        }
+        if let Some(g) = r.gw {
+            b = b.gateway(g).map_err(|e| KernelError::Other(e.to_string()))?;
+        }
+        if r.onlink {
+            b = b.onlink();
+        }
+        Ok(b.build())
+    }
+
+    /// Installs (or replaces, atomically) one tagged route.
+    pub fn replace_tagged_route(&self, r: &TaggedRoute) -> Result<(), KernelError> {
+        let msg = self.tagged_route_msg(r)?;
+        let h = self.handle.clone();
+        let dst = r.dst;
+        self.rt
+            .block_on(async move { h.route().add(msg).replace().execute().await })
+            .map_err(|e| KernelError::netlink(format!("replace route {dst}"), e))
+    }
+
+    pub fn del_tagged_route(&self, r: &TaggedRoute) -> Result<(), KernelError> {
+        let msg = self.tagged_route_msg(r)?;
+        let h = self.handle.clone();
+        let dst = r.dst;
+        let res = self
+            .rt
+            .block_on(async move { h.route().del(msg).execute().await })
+            .map_err(|e| KernelError::netlink(format!("delete route {dst}"), e));
+        match res {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => r,
+        }
+    }
+
+    fn neigh_dump(&self, fam: AddressFamily) -> Result<Vec<NeighbourMessage>, KernelError> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move {
+                h.neighbours()
+                    .get()
+                    .set_address_family(fam)
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| KernelError::netlink("list neighbours", e))
+    }
+
+    /// Permanent IPv4/IPv6 neighbour entries on `index`: (ip, mac).
+    pub fn permanent_neighs(&self, index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, KernelError> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for m in self.neigh_dump(fam)? {
+                if m.header.ifindex != index
+                    || m.header.state != netlink_packet_route::neighbour::NeighbourState::Permanent
+                {
+                    continue;
+                }
+                let (mut ip, mut mac) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(*v)),
+                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                            mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.push((ip, mac));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn replace_neigh(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), KernelError> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move {
+                h.neighbours()
+                    .add(index, ip)
+                    .link_layer_address(&mac)
+                    .replace()
+                    .execute()
+                    .await
+            })
+            .map_err(|e| KernelError::netlink(format!("set neighbour {ip}"), e))
+    }
+
+    pub fn del_neigh(&self, index: u32, ip: IpAddr) -> Result<(), KernelError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.ifindex = index;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v) => NeighbourAddress::Inet(v),
+            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+        }));
+        let h = self.handle.clone();
+        let r = self
+            .rt
+            .block_on(async move { h.neighbours().del(m).execute().await })
+            .map_err(|e| KernelError::netlink(format!("delete neighbour {ip}"), e));
+        match r {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Static FDB entries of a VXLAN device: (mac, remote IP).
+    pub fn vxlan_fdb(&self, index: u32) -> Result<Vec<([u8; 6], IpAddr)>, KernelError> {
+        let mut out = Vec::new();
+        for m in self.neigh_dump(AddressFamily::Bridge)? {
+            if m.header.ifindex != index
+                || m.header.state != netlink_packet_route::neighbour::NeighbourState::Permanent
+            {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(*v)),
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((mac, ip));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn replace_fdb(&self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), KernelError> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move {
+                h.neighbours()
+                    .add_bridge(index, &mac)
+                    .destination(dst)
+                    .flags(NeighbourFlags::Own)
+                    .replace()
+                    .execute()
+                    .await
+            })
+            .map_err(|e| KernelError::netlink(format!("set fdb {dst}"), e))
+    }
+
+    pub fn del_fdb(&self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), KernelError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes.push(NeighbourAttribute::Destination(match dst {
+            IpAddr::V4(v) => NeighbourAddress::Inet(v),
+            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+        }));
+        let h = self.handle.clone();
+        let r = self
+            .rt
+            .block_on(async move { h.neighbours().del(m).execute().await })
+            .map_err(|e| KernelError::netlink(format!("delete fdb {dst}"), e));
+        match r {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Every address of every link: (link index, address).
+    pub fn all_addrs(&self) -> Result<Vec<(u32, IpNet)>, KernelError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let msgs: Vec<_> = h
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| KernelError::netlink("list addresses", e))?;
+            Ok(msgs
+                .iter()
+                .filter_map(|m| {
+                    let plen = m.header.prefix_len;
+                    m.attributes.iter().find_map(|a| match a {
+                        netlink_packet_route::address::AddressAttribute::Address(ip) => {
+                            IpNet::new(*ip, plen).ok().map(|n| (m.header.index, n))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect())
+        })
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
