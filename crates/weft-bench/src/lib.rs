@@ -1,0 +1,190 @@
+//! weft-bench: CNI ADD and DEL latency of weft-cni, of the reference
+//! `bridge` + `host-local` plugins, and of the kernel's own veth
+//! create/delete (the floor no plugin can beat), all measured in one run in
+//! namespaces the bench makes and removes.
+//!
+//! Layout: `subject` (what is measured), `stats` and `report` (pure),
+//! `lab` (namespaces and temp files, cleaned up on drop), `driver` (timed
+//! calls from inside the node namespace).
+
+pub mod driver;
+pub mod lab;
+pub mod report;
+pub mod stats;
+pub mod subject;
+
+use anyhow::{bail, Context, Result};
+use driver::{Method, Pod};
+use report::{Mode, Op, Row};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use subject::Subject;
+use weft_kernel::netns::NetNs;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Pods in the sequential phase.
+    pub pods: usize,
+    /// Calls started together in each parallel round.
+    pub parallel: usize,
+    pub rounds: usize,
+    pub weft: PathBuf,
+    /// Where the reference `bridge` and `host-local` are.
+    pub reference_dir: PathBuf,
+    pub subjects: Vec<Subject>,
+}
+
+/// Pause between phases, so that deferred kernel work (RCU callbacks after
+/// a burst of deletions) is not billed to the next phase.
+const SETTLE: Duration = Duration::from_millis(200);
+
+fn require_root() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next());
+    if uid != Some("0") {
+        bail!("weft-bench needs root: it creates network namespaces, bridges and veths");
+    }
+    Ok(())
+}
+
+fn require_file(p: &Path, what: &str) -> Result<()> {
+    if !p.is_file() {
+        bail!("{what} not found at {}", p.display());
+    }
+    Ok(())
+}
+
+fn preflight(o: &Options) -> Result<()> {
+    require_root()?;
+    if o.pods == 0 || o.parallel == 0 || o.rounds == 0 {
+        bail!("--pods, --parallel and --rounds must be at least 1");
+    }
+    for s in &o.subjects {
+        match s {
+            Subject::Weft { .. } => require_file(&o.weft, "weft-cni (build it, or pass --weft)")?,
+            Subject::Reference { .. } => {
+                for p in ["bridge", "host-local"] {
+                    require_file(
+                        &o.reference_dir.join(p),
+                        "reference plugin (apt-get install containernetworking-plugins)",
+                    )?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs every subject and returns one row per subject, op and mode.
+pub fn run(o: &Options, stop: &AtomicBool) -> Result<Vec<Row>> {
+    preflight(o)?;
+    let mut lab = lab::Lab::new()?;
+    let npods = o.pods.max(o.parallel);
+    let pod_ns: Vec<(String, PathBuf)> = lab
+        .ensure_pods(npods)?
+        .iter()
+        .map(|n| (n.name.clone(), n.path()))
+        .collect();
+    let pods = |tag: &str, phase: &str, n: usize| -> Vec<Pod> {
+        pod_ns[..n]
+            .iter()
+            .enumerate()
+            .map(|(k, (name, path))| Pod {
+                container_id: format!("wb-{tag}-{phase}-{k}"),
+                netns_name: name.clone(),
+                netns_path: path.clone(),
+                floor_veth: format!("wbf{k}"),
+            })
+            .collect()
+    };
+
+    let mut rows = Vec::new();
+    for &s in &o.subjects {
+        let tag = s.tag();
+        tracing::info!(configuration = s.label(), "measuring");
+        let node_i = lab.node(tag)?;
+        let node = NetNs::open(&lab.node_ns(node_i).path())?;
+        let config = subject::plugin_config(
+            matches!(
+                s,
+                Subject::Weft { masq: true } | Subject::Reference { masq: true }
+            ),
+            &lab.data_dir(tag)?,
+        );
+        let m = Method::for_subject(s, &o.weft, &o.reference_dir, config);
+        let phase = |verb: &str, ps: &[Pod], parallel: bool| -> Result<Vec<Duration>> {
+            if stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            let r = if parallel {
+                driver::parallel(&node, &m, verb, ps)
+            } else {
+                driver::sequential(&node, &m, verb, ps, stop)
+            };
+            r.with_context(|| format!("{} {verb}", s.label()))
+        };
+
+        // Warm-up: the first ADD makes the bridge and the NAT skeleton.
+        let warm = pods(tag, "warm", 1);
+        phase("ADD", &warm, false)?;
+        phase("DEL", &warm, false)?;
+        std::thread::sleep(SETTLE);
+
+        let seq = pods(tag, "seq", o.pods);
+        let add = phase("ADD", &seq, false)?;
+        std::thread::sleep(SETTLE);
+        let del = phase("DEL", &seq, false)?;
+        std::thread::sleep(SETTLE);
+        push(&mut rows, s, Mode::Sequential, add, del);
+
+        let (mut padd, mut pdel) = (Vec::new(), Vec::new());
+        for round in 0..o.rounds {
+            let ps = pods(tag, &format!("r{round}"), o.parallel);
+            padd.extend(phase("ADD", &ps, true)?);
+            std::thread::sleep(SETTLE);
+            pdel.extend(phase("DEL", &ps, true)?);
+            std::thread::sleep(SETTLE);
+        }
+        push(&mut rows, s, Mode::Parallel, padd, pdel);
+    }
+    Ok(rows)
+}
+
+fn push(rows: &mut Vec<Row>, subject: Subject, mode: Mode, add: Vec<Duration>, del: Vec<Duration>) {
+    for (op, samples) in [(Op::Add, add), (Op::Del, del)] {
+        if let Some(summary) = stats::summarize(&samples) {
+            rows.push(Row {
+                subject,
+                op,
+                mode,
+                summary,
+            });
+        }
+    }
+}
+
+/// The machine, for the report header.
+pub fn machine() -> (String, usize, String) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    (kernel, cpus, model)
+}
