@@ -7,6 +7,7 @@
 //! values; they never touch the kernel, so they are tested as tables.
 
 pub mod cluster;
+pub mod egress;
 pub mod manifest;
 pub mod routes;
 pub mod subnets;

@@ -1,4 +1,6 @@
-//! `weft`: one binary for everything but the CNI plugin. For now, the lab.
+//! `weft`: one binary for everything but the CNI plugin: the node agent and
+//! the lab (DNS and the gateway will join them). Parsing only; the work is
+//! in the library crates.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -15,11 +17,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The node agent: cross-node routes, VXLAN, egress NAT, the CNI conflist.
+    Agent(AgentArgs),
     /// A cluster on this host: nodes and pods as network namespaces.
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// This node's name (as in its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Standalone mode: a directory of Kubernetes manifests, watched for
+    /// changes. Without it the agent watches the Kubernetes API.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the API; default: in-cluster config, then ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// vxlan, vxlan-direct (plain routes where nodes share a subnet) or host-gw.
+    #[arg(long, default_value = "vxlan")]
+    backend: weft_model::routes::Backend,
+    /// The cluster's pod CIDR(s).
+    #[arg(long = "cluster-cidr", default_value = "10.244.0.0/16", value_delimiter = ',')]
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Prefix length of each node's pod subnet (standalone allocation).
+    #[arg(long, default_value_t = 24)]
+    node_subnet_size: u8,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "10-weft.conflist")]
+    cni_conf_name: String,
+    #[arg(long, default_value = "/var/lib/cni/networks")]
+    ipam_data_dir: PathBuf,
+    /// Where /healthz and /metrics are served.
+    #[arg(long, default_value = "0.0.0.0:9105")]
+    metrics_addr: std::net::SocketAddr,
+    /// Full resync period in seconds.
+    #[arg(long, default_value_t = 30)]
+    resync_secs: u64,
+    /// text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +119,26 @@ mod ipnet_arg {
 fn run(cli: Cli) -> Result<i32> {
     let env = LabEnv::system();
     match cli.cmd {
+        Cmd::Agent(a) => {
+            init_logs(&a.log_format);
+            let source = match a.manifests {
+                Some(d) => weft_agent::SourceConfig::Dir(d),
+                None => weft_agent::SourceConfig::Kube { kubeconfig: a.kubeconfig },
+            };
+            weft_agent::run(weft_agent::AgentConfig {
+                node_name: a.node_name,
+                source,
+                backend: a.backend,
+                cluster_cidrs: a.cluster_cidrs,
+                node_prefix: a.node_subnet_size,
+                cni_conf_dir: a.cni_conf_dir,
+                cni_conf_name: a.cni_conf_name,
+                ipam_data_dir: a.ipam_data_dir,
+                metrics_addr: Some(a.metrics_addr),
+                resync: std::time::Duration::from_secs(a.resync_secs.max(1)),
+            })?;
+            Ok(0)
+        }
         Cmd::Lab { cmd } => match cmd {
             LabCmd::Up { name, file, pod_cidr } => {
                 let st = weft_lab::up(
@@ -101,6 +163,18 @@ fn run(cli: Cli) -> Result<i32> {
             }
             LabCmd::Exec { name, target, command } => Ok(weft_lab::exec(&env, &name, &target, &command)?),
         },
+    }
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default info).
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.with_ansi(false).init();
     }
 }
 

@@ -1,0 +1,162 @@
+//! The standalone source: a directory of ordinary Kubernetes manifests,
+//! watched for changes. Directories whose name starts with '.' hold weft's
+//! own bookkeeping and are not read as manifests.
+//!
+//! A file that fails to parse is reported (file, document, field) and its
+//! last good contents stay in force; the rest of the directory still
+//! applies.
+
+use crate::latest::Latest;
+use crate::metrics::Metrics;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use weft_model::{manifest, ClusterState, Object};
+
+/// How often directory mtimes are checked. Writers that rename files into
+/// place (the lab, kubectl-like tools, editors) bump a directory mtime, so
+/// changes are seen within this period.
+const POLL: Duration = Duration::from_millis(20);
+/// How often every file's mtime is checked, for in-place edits.
+const FULL_SCAN: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct FileCache {
+    stamp: Option<(SystemTime, u64)>,
+    objects: Vec<Object>,
+}
+
+pub struct DirSource {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, FileCache>,
+    dir_stamps: Vec<(PathBuf, Option<SystemTime>)>,
+    last: Option<ClusterState>,
+}
+
+fn walk(root: &Path, dirs: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) {
+    dirs.push(root.to_path_buf());
+    let Ok(rd) = std::fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            continue;
+        }
+        if p.is_dir() {
+            walk(&p, dirs, files);
+        } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
+            files.push(p);
+        }
+    }
+}
+
+impl DirSource {
+    pub fn new(root: PathBuf) -> DirSource {
+        DirSource {
+            root,
+            files: BTreeMap::new(),
+            dir_stamps: Vec::new(),
+            last: None,
+        }
+    }
+
+    fn dirs_changed(&self) -> bool {
+        self.dir_stamps.is_empty()
+            || self
+                .dir_stamps
+                .iter()
+                .any(|(d, m)| std::fs::metadata(d).and_then(|m| m.modified()).ok() != *m)
+    }
+
+    /// Rescans; returns a new state when it differs from the last one.
+    pub fn scan(&mut self, metrics: &Metrics) -> Option<ClusterState> {
+        let mut dirs = Vec::new();
+        let mut paths = Vec::new();
+        walk(&self.root, &mut dirs, &mut paths);
+        self.dir_stamps = dirs
+            .into_iter()
+            .map(|d| {
+                let m = std::fs::metadata(&d).and_then(|m| m.modified()).ok();
+                (d, m)
+            })
+            .collect();
+        self.files.retain(|p, _| paths.contains(p));
+        for p in paths {
+            let Ok(md) = std::fs::metadata(&p) else { continue };
+            let stamp = md.modified().ok().map(|m| (m, md.len()));
+            let entry = self.files.entry(p.clone()).or_default();
+            if entry.stamp.is_some() && entry.stamp == stamp {
+                continue;
+            }
+            entry.stamp = stamp;
+            match std::fs::read_to_string(&p)
+                .map_err(|e| manifest::ManifestError::Read {
+                    file: p.clone(),
+                    msg: e.to_string(),
+                })
+                .and_then(|t| manifest::parse(&p, &t))
+            {
+                Ok(objs) => entry.objects = objs,
+                Err(e) => {
+                    metrics.manifest_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "manifest rejected; its last good version stays in force");
+                }
+            }
+        }
+        let mut state = ClusterState::default();
+        for f in self.files.values() {
+            for o in &f.objects {
+                state.apply(o.clone());
+            }
+        }
+        if self.last.as_ref() == Some(&state) {
+            return None;
+        }
+        self.last = Some(state.clone());
+        Some(state)
+    }
+
+    /// Polls forever, publishing each new state.
+    pub fn run(mut self, out: Arc<Latest<ClusterState>>, metrics: Arc<Metrics>) {
+        let mut last_full = Instant::now();
+        if let Some(s) = self.scan(&metrics) {
+            out.publish(s);
+        }
+        loop {
+            std::thread::sleep(POLL);
+            if self.dirs_changed() || last_full.elapsed() >= FULL_SCAN {
+                last_full = Instant::now();
+                if let Some(s) = self.scan(&metrics) {
+                    out.publish(s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_file_keeps_last_good_objects() {
+        let d = std::env::temp_dir().join(format!("weft-dirsrc-{}", std::process::id()));
+        std::fs::create_dir_all(d.join(".weft")).unwrap();
+        let f = d.join("n.yaml");
+        std::fs::write(&f, "kind: Node\nmetadata: {name: node-1}\n").unwrap();
+        std::fs::write(d.join(".weft/x.yaml"), "garbage: [").unwrap();
+        let m = Metrics::default();
+        let mut s = DirSource::new(d.clone());
+        let st = s.scan(&m).unwrap();
+        assert!(st.node("node-1").is_some());
+        std::thread::sleep(Duration::from_millis(10));
+        std::fs::write(&f, "kind: Node\nmetadata: {name: Node_1}\n").unwrap();
+        assert!(s.scan(&m).is_none(), "a bad edit must not change the state");
+        assert_eq!(m.manifest_errors.load(Relaxed), 1);
+        std::fs::remove_file(&f).unwrap();
+        assert!(s.scan(&m).unwrap().node("node-1").is_none());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

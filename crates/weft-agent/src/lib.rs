@@ -1,0 +1,164 @@
+//! `weft agent`: one per node, as a DaemonSet would run it.
+//!
+//! ```text
+//!  source (Kubernetes API watchers | manifest directory)
+//!     │ ClusterState snapshots (newest wins)
+//!     ▼
+//!  reconciler ── weft-model compilers ──▶ desired routes / VXLAN / egress / conflist
+//!     │                                      │ diff against the kernel
+//!     ▼                                      ▼
+//!  /healthz, /metrics                    weft-kernel (netlink, nft)
+//! ```
+
+pub mod dir_source;
+pub mod http;
+pub mod kube_source;
+pub mod latest;
+pub mod metrics;
+pub mod reconcile;
+pub mod subnet;
+
+use ipnet::IpNet;
+use latest::Latest;
+use metrics::Metrics;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_model::routes::Backend;
+use weft_model::ClusterState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Kernel(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Standalone: a directory of manifests.
+    Dir(PathBuf),
+    /// The Kubernetes API; in-cluster config or the default kubeconfig
+    /// when no path is given.
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub source: SourceConfig,
+    pub backend: Backend,
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Prefix length of each node's pod subnet in standalone mode.
+    pub node_prefix: u8,
+    pub cni_conf_dir: PathBuf,
+    pub cni_conf_name: String,
+    pub ipam_data_dir: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Full resync period: repairs drift even when nothing changes.
+    pub resync: Duration,
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.node_name.is_empty() {
+            return Err(AgentError::Config("--node-name is required".into()));
+        }
+        if self.cluster_cidrs.is_empty() {
+            return Err(AgentError::Config("--cluster-cidr is required".into()));
+        }
+        for c in &self.cluster_cidrs {
+            if self.node_prefix < c.prefix_len() || self.node_prefix > c.max_prefix_len() {
+                return Err(AgentError::Config(format!(
+                    "--node-subnet-size /{} does not fit in cluster CIDR {c}",
+                    self.node_prefix
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the agent until the process is killed.
+pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(Metrics::default());
+    let latest: Arc<Latest<ClusterState>> = Arc::new(Latest::default());
+    metrics.heartbeat.store(now_secs(), Relaxed);
+
+    // The async side (HTTP, Kubernetes watchers) lives on its own thread;
+    // the reconciler stays synchronous on this one, since the netlink
+    // facade runs its own small runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Config(format!("runtime: {e}")))?;
+    if let Some(addr) = cfg.metrics_addr {
+        let m = metrics.clone();
+        rt.spawn(async move {
+            if let Err(e) = http::serve(addr, m).await {
+                tracing::error!(%addr, error = %e, "metrics server failed");
+            }
+        });
+    }
+    match &cfg.source {
+        SourceConfig::Dir(d) => {
+            let src = dir_source::DirSource::new(d.clone());
+            let (l, m) = (latest.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("dir-source".into())
+                .spawn(move || src.run(l, m))
+                .map_err(|e| AgentError::Config(e.to_string()))?;
+        }
+        SourceConfig::Kube { kubeconfig } => {
+            let client = rt
+                .block_on(kube_source::client(kubeconfig.as_deref()))
+                .map_err(AgentError::Config)?;
+            rt.spawn(kube_source::run(client, latest.clone()));
+        }
+    }
+
+    let mut rec = reconcile::Reconciler::new(cfg.clone(), metrics.clone())?;
+    let mut current: Option<ClusterState> = None;
+    let mut retry = false;
+    loop {
+        let wait = if retry { Duration::from_millis(200) } else { cfg.resync };
+        if let Some(s) = latest.take(wait) {
+            current = Some(s);
+        }
+        metrics.heartbeat.store(now_secs(), Relaxed);
+        let Some(state) = &current else { continue };
+        let t = Instant::now();
+        metrics.syncs.fetch_add(1, Relaxed);
+        match rec.sync(state) {
+            Ok(()) => {
+                retry = false;
+                metrics.last_sync_ok.store(1, Relaxed);
+                tracing::debug!(took_us = t.elapsed().as_micros() as u64, "synced");
+            }
+            Err(e) => {
+                retry = true;
+                metrics.sync_errors.fetch_add(1, Relaxed);
+                match e {
+                    AgentError::NotReady(_) => tracing::info!(reason = %e, "waiting"),
+                    _ => tracing::error!(error = %e, "sync failed; will retry"),
+                }
+            }
+        }
+        metrics.last_sync_micros.store(t.elapsed().as_micros() as u64, Relaxed);
+    }
+}

@@ -1,0 +1,256 @@
+//! The reconciler: compiles the desired node state from a cluster snapshot
+//! and changes only what differs in the kernel. Nothing is flushed, so a
+//! restarted agent converges without dropping a packet.
+
+use crate::metrics::Metrics;
+use crate::subnet::{overlay, Allocations};
+use crate::{AgentConfig, AgentError};
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use weft_kernel::net::Net;
+use weft_kernel::overlay::{TaggedRoute, VxlanParams};
+use weft_model::routes::{self, Backend, Desired, Dev, Local};
+use weft_model::ClusterState;
+
+pub struct Reconciler {
+    cfg: Arc<AgentConfig>,
+    net: Net,
+    metrics: Arc<Metrics>,
+    allocs: Option<Allocations>,
+    last_egress: Option<String>,
+    last_conflist: Option<String>,
+}
+
+fn err(what: &str) -> impl Fn(weft_kernel::KernelError) -> AgentError + '_ {
+    move |e| AgentError::Kernel(format!("{what}: {e}"))
+}
+
+impl Reconciler {
+    pub fn new(cfg: Arc<AgentConfig>, metrics: Arc<Metrics>) -> Result<Reconciler, AgentError> {
+        let net = Net::new().map_err(err("netlink"))?;
+        let allocs = match &cfg.source {
+            crate::SourceConfig::Dir(d) => Some(Allocations::new(d)),
+            crate::SourceConfig::Kube { .. } => None,
+        };
+        Ok(Reconciler {
+            cfg,
+            net,
+            metrics,
+            allocs,
+            last_egress: None,
+            last_conflist: None,
+        })
+    }
+
+    /// Finds the underlay: the link that holds the node's IP.
+    fn local(&self, ip: IpAddr) -> Result<(Local, u32), AgentError> {
+        let addrs = self.net.all_addrs().map_err(err("list addresses"))?;
+        let (idx, net) = addrs
+            .into_iter()
+            .find(|(_, n)| n.addr() == ip)
+            .ok_or_else(|| AgentError::NotReady(format!("no interface holds the node IP {ip}")))?;
+        let link = self
+            .net
+            .link_by_index(idx)
+            .map_err(err("read underlay link"))?
+            .ok_or_else(|| AgentError::NotReady("underlay link vanished".into()))?;
+        Ok((
+            Local {
+                name: self.cfg.node_name.clone(),
+                ip,
+                underlay: net.trunc(),
+                underlay_dev: link.name,
+                underlay_mtu: link.mtu,
+            },
+            idx,
+        ))
+    }
+
+    pub fn sync(&mut self, snapshot: &ClusterState) -> Result<(), AgentError> {
+        let cfg = self.cfg.clone();
+        let mut state = snapshot.clone();
+        if let Some(a) = &self.allocs {
+            let me = state
+                .node(&cfg.node_name)
+                .ok_or_else(|| AgentError::NotReady(format!("node {} is not in the cluster state", cfg.node_name)))?;
+            let has = me
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.pod_cidrs.as_ref().is_some_and(|p| !p.is_empty()) || s.pod_cidr.is_some());
+            if !has {
+                let cluster = *cfg
+                    .cluster_cidrs
+                    .first()
+                    .ok_or_else(|| AgentError::Config("no cluster CIDR".into()))?;
+                a.ensure(&cfg.node_name, cluster, cfg.node_prefix, &state)
+                    .map_err(|e| AgentError::Kernel(format!("allocate pod subnet: {e}")))?;
+            }
+            overlay(&mut state, &a.read());
+        }
+        let me = state
+            .node(&cfg.node_name)
+            .and_then(routes::node_view)
+            .ok_or_else(|| {
+                AgentError::NotReady(format!("node {} has no InternalIP or pod CIDR yet", cfg.node_name))
+            })?;
+        let (local, underlay_index) = self.local(me.ip)?;
+        let desired = routes::compile(&state, &local, cfg.backend);
+        self.apply_routing(&desired, underlay_index)?;
+
+        let node_ips: Vec<IpAddr> = state.nodes().filter_map(routes::node_view).map(|v| v.ip).collect();
+        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips);
+        if self.last_egress.as_deref() != Some(&egress) {
+            weft_kernel::nft::apply(&egress).map_err(err("egress nftables"))?;
+            self.last_egress = Some(egress);
+        }
+
+        let mtu = match cfg.backend {
+            Backend::HostGw => local.underlay_mtu,
+            Backend::Vxlan { .. } => local.underlay_mtu.saturating_sub(routes::VXLAN_OVERHEAD),
+        };
+        let conflist = conflist(&cfg, &me.pod_cidrs, mtu);
+        if self.last_conflist.as_deref() != Some(&conflist) {
+            write_atomic(&cfg.cni_conf_dir.join(&cfg.cni_conf_name), &conflist)
+                .map_err(|e| AgentError::Kernel(format!("write conflist: {e}")))?;
+            self.last_conflist = Some(conflist);
+        }
+        self.metrics.nodes.store(state.nodes().count() as u64, Relaxed);
+        self.metrics.routes.store(desired.routes.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    fn apply_routing(&mut self, d: &Desired, underlay_index: u32) -> Result<(), AgentError> {
+        let m = &self.metrics;
+        let vx_index = match &d.vxlan {
+            Some(v) => {
+                let IpAddr::V4(local) = v.local else {
+                    return Err(AgentError::Config("the vxlan backend needs an IPv4 node address".into()));
+                };
+                let l = self
+                    .net
+                    .ensure_vxlan(&VxlanParams {
+                        name: v.name.clone(),
+                        vni: v.vni,
+                        port: v.port,
+                        local,
+                        underlay_index,
+                        mac: v.mac,
+                        mtu: v.mtu,
+                    })
+                    .map_err(err("vxlan device"))?;
+                if let Some(a) = v.addr {
+                    let have = self.net.addrs(l.index).map_err(err("vxlan addresses"))?;
+                    for h in have.iter().filter(|h| h.addr().is_ipv4() && **h != a) {
+                        self.net.del_addr(l.index, *h).map_err(err("remove stale vxlan address"))?;
+                    }
+                    if !have.contains(&a) {
+                        self.net.add_addr(l.index, a).map_err(err("vxlan address"))?;
+                    }
+                }
+                Some(l.index)
+            }
+            None => {
+                if let Some(l) = self.net.link_by_name(routes::VXLAN_DEV).map_err(err("find vxlan"))? {
+                    self.net.del_link(l.index).map_err(err("remove vxlan"))?;
+                }
+                None
+            }
+        };
+        let want: BTreeSet<TaggedRoute> = d
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let oif = match r.dev {
+                    Dev::Vxlan => vx_index?,
+                    Dev::Underlay => underlay_index,
+                };
+                Some(TaggedRoute {
+                    dst: r.dst,
+                    gw: Some(r.gw),
+                    oif: Some(oif),
+                    onlink: r.onlink,
+                })
+            })
+            .collect();
+        let have: BTreeSet<TaggedRoute> = self.net.tagged_routes().map_err(err("list routes"))?.into_iter().collect();
+        for r in have.difference(&want) {
+            self.net.del_tagged_route(r).map_err(err("remove route"))?;
+            m.routes_removed.fetch_add(1, Relaxed);
+            tracing::info!(dst = %r.dst, "removed stale route");
+        }
+        // Neighbour and FDB entries go in before the routes that use them.
+        if let Some(vx) = vx_index {
+            let want_n: BTreeSet<(IpAddr, [u8; 6])> = d.neighs.iter().map(|n| (n.ip, n.mac)).collect();
+            let have_n: BTreeSet<(IpAddr, [u8; 6])> =
+                self.net.permanent_neighs(vx).map_err(err("list neighbours"))?.into_iter().collect();
+            for (ip, _) in have_n.difference(&want_n) {
+                self.net.del_neigh(vx, *ip).map_err(err("remove neighbour"))?;
+                m.neighs_removed.fetch_add(1, Relaxed);
+            }
+            for (ip, mac) in want_n.difference(&have_n) {
+                self.net.replace_neigh(vx, *ip, *mac).map_err(err("set neighbour"))?;
+                m.neighs_set.fetch_add(1, Relaxed);
+            }
+            let want_f: BTreeSet<([u8; 6], IpAddr)> = d.fdb.iter().map(|f| (f.mac, f.dst)).collect();
+            let have_f: BTreeSet<([u8; 6], IpAddr)> =
+                self.net.vxlan_fdb(vx).map_err(err("list fdb"))?.into_iter().collect();
+            for (mac, dst) in have_f.difference(&want_f) {
+                self.net.del_fdb(vx, *mac, *dst).map_err(err("remove fdb"))?;
+                m.fdb_removed.fetch_add(1, Relaxed);
+            }
+            for (mac, dst) in want_f.difference(&have_f) {
+                self.net.replace_fdb(vx, *mac, *dst).map_err(err("set fdb"))?;
+                m.fdb_set.fetch_add(1, Relaxed);
+            }
+        }
+        for r in want.difference(&have) {
+            self.net.replace_tagged_route(r).map_err(err("install route"))?;
+            m.routes_added.fetch_add(1, Relaxed);
+            tracing::info!(dst = %r.dst, gw = ?r.gw, "installed route");
+        }
+        Ok(())
+    }
+}
+
+/// The conflist this node's pods are created with: weft-cni on the node's
+/// pod subnet(s). Egress NAT is the agent's job (it knows the cluster and
+/// node CIDRs), so the plugin's ipMasq is off.
+pub fn conflist(cfg: &AgentConfig, pod_cidrs: &[IpNet], mtu: u32) -> String {
+    let ranges: Vec<serde_json::Value> = pod_cidrs
+        .iter()
+        .map(|c| serde_json::json!([{ "subnet": c.to_string() }]))
+        .collect();
+    let v = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "weft",
+        "plugins": [{
+            "type": "weft-cni",
+            "bridge": "weft0",
+            "isGateway": true,
+            "isDefaultGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "mtu": mtu,
+            "capabilities": {"portMappings": true, "ips": true, "mac": true},
+            "ipam": {
+                "type": "host-local",
+                "ranges": ranges,
+                "dataDir": cfg.ipam_data_dir.display().to_string()
+            }
+        }]
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+fn write_atomic(p: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, p)
+}
