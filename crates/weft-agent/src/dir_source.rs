@@ -37,7 +37,9 @@ pub struct DirSource {
 
 fn walk(root: &Path, dirs: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) {
     dirs.push(root.to_path_buf());
-    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         let hidden = e.file_name().to_string_lossy().starts_with('.');
@@ -46,7 +48,10 @@ fn walk(root: &Path, dirs: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) {
         }
         if p.is_dir() {
             walk(&p, dirs, files);
-        } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
+        } else if matches!(
+            p.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
             files.push(p);
         }
     }
@@ -84,7 +89,9 @@ impl DirSource {
             .collect();
         self.files.retain(|p, _| paths.contains(p));
         for p in paths {
-            let Ok(md) = std::fs::metadata(&p) else { continue };
+            let Ok(md) = std::fs::metadata(&p) else {
+                continue;
+            };
             let stamp = md.modified().ok().map(|m| (m, md.len()));
             let entry = self.files.entry(p.clone()).or_default();
             if entry.stamp.is_some() && entry.stamp == stamp {

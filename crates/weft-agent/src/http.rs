@@ -24,7 +24,10 @@ fn respond(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
             // least every resync period) and the last sync succeeded.
             let alive = now().saturating_sub(m.heartbeat.load(Relaxed)) < 90;
             if !alive {
-                (StatusCode::SERVICE_UNAVAILABLE, "reconcile loop stalled\n".into())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "reconcile loop stalled\n".into(),
+                )
             } else if m.last_sync_ok.load(Relaxed) == 1 {
                 (StatusCode::OK, "ok\n".into())
             } else {

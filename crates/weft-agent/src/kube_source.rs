@@ -30,7 +30,12 @@ type EvStream = Pin<Box<dyn Stream<Item = Ev> + Send>>;
 
 fn watch<K>(client: &Client, kind: &'static str, wrap: fn(K) -> Object) -> EvStream
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
     Box::pin(
@@ -47,7 +52,14 @@ where
     )
 }
 
-pub const KINDS: [&str; 6] = ["Node", "Pod", "Namespace", "Service", "EndpointSlice", "NetworkPolicy"];
+pub const KINDS: [&str; 6] = [
+    "Node",
+    "Pod",
+    "Namespace",
+    "Service",
+    "EndpointSlice",
+    "NetworkPolicy",
+];
 
 /// Applies one event; returns whether the state may have changed.
 fn apply(
@@ -97,8 +109,12 @@ pub async fn run(client: Client, out: Arc<Latest<ClusterState>>) {
         watch::<Pod>(&client, "Pod", |o| Object::Pod(Box::new(o))),
         watch::<Namespace>(&client, "Namespace", |o| Object::Namespace(Box::new(o))),
         watch::<Service>(&client, "Service", |o| Object::Service(Box::new(o))),
-        watch::<EndpointSlice>(&client, "EndpointSlice", |o| Object::EndpointSlice(Box::new(o))),
-        watch::<NetworkPolicy>(&client, "NetworkPolicy", |o| Object::NetworkPolicy(Box::new(o))),
+        watch::<EndpointSlice>(&client, "EndpointSlice", |o| {
+            Object::EndpointSlice(Box::new(o))
+        }),
+        watch::<NetworkPolicy>(&client, "NetworkPolicy", |o| {
+            Object::NetworkPolicy(Box::new(o))
+        }),
     ];
     let mut all = futures::stream::select_all(streams);
     let mut state = ClusterState::default();
@@ -116,7 +132,8 @@ pub async fn run(client: Client, out: Arc<Latest<ClusterState>>) {
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| format!("{}: {e}", p.display()))?
@@ -142,14 +159,29 @@ mod tests {
         let mut b = BTreeMap::new();
         let mut synced = BTreeSet::new();
         apply(&mut s, &mut b, &mut synced, Ev::Init("Node"));
-        apply(&mut s, &mut b, &mut synced, Ev::InitApply("Node", node("a")));
-        apply(&mut s, &mut b, &mut synced, Ev::InitApply("Node", node("b")));
+        apply(
+            &mut s,
+            &mut b,
+            &mut synced,
+            Ev::InitApply("Node", node("a")),
+        );
+        apply(
+            &mut s,
+            &mut b,
+            &mut synced,
+            Ev::InitApply("Node", node("b")),
+        );
         assert!(s.node("a").is_none(), "nothing applies before InitDone");
         assert!(apply(&mut s, &mut b, &mut synced, Ev::InitDone("Node")));
         assert!(s.node("a").is_some() && s.node("b").is_some());
         // A relist that no longer has "a" removes it.
         apply(&mut s, &mut b, &mut synced, Ev::Init("Node"));
-        apply(&mut s, &mut b, &mut synced, Ev::InitApply("Node", node("b")));
+        apply(
+            &mut s,
+            &mut b,
+            &mut synced,
+            Ev::InitApply("Node", node("b")),
+        );
         apply(&mut s, &mut b, &mut synced, Ev::InitDone("Node"));
         assert!(s.node("a").is_none() && s.node("b").is_some());
         apply(&mut s, &mut b, &mut synced, Ev::Delete(node("b")));

@@ -136,7 +136,11 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut current: Option<ClusterState> = None;
     let mut retry = false;
     loop {
-        let wait = if retry { Duration::from_millis(200) } else { cfg.resync };
+        let wait = if retry {
+            Duration::from_millis(200)
+        } else {
+            cfg.resync
+        };
         if let Some(s) = latest.take(wait) {
             current = Some(s);
         }
@@ -159,6 +163,8 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 }
             }
         }
-        metrics.last_sync_micros.store(t.elapsed().as_micros() as u64, Relaxed);
+        metrics
+            .last_sync_micros
+            .store(t.elapsed().as_micros() as u64, Relaxed);
     }
 }

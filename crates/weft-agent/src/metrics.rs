@@ -25,10 +25,22 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let mut m = |name: &str, kind: &str, help: &str, v: f64| {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+            s.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
         };
-        m("weft_agent_syncs_total", "counter", "Reconciles run.", self.syncs.load(Relaxed) as f64);
-        m("weft_agent_sync_errors_total", "counter", "Reconciles that failed.", self.sync_errors.load(Relaxed) as f64);
+        m(
+            "weft_agent_syncs_total",
+            "counter",
+            "Reconciles run.",
+            self.syncs.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_sync_errors_total",
+            "counter",
+            "Reconciles that failed.",
+            self.sync_errors.load(Relaxed) as f64,
+        );
         m(
             "weft_agent_manifest_errors_total",
             "counter",
@@ -41,15 +53,60 @@ impl Metrics {
             "Duration of the last reconcile.",
             self.last_sync_micros.load(Relaxed) as f64 / 1e6,
         );
-        m("weft_agent_ready", "gauge", "1 once a reconcile has succeeded.", self.last_sync_ok.load(Relaxed) as f64);
-        m("weft_agent_nodes", "gauge", "Nodes in the cluster state.", self.nodes.load(Relaxed) as f64);
-        m("weft_agent_routes", "gauge", "Cross-node routes installed.", self.routes.load(Relaxed) as f64);
-        m("weft_agent_routes_added_total", "counter", "Routes added or replaced.", self.routes_added.load(Relaxed) as f64);
-        m("weft_agent_routes_removed_total", "counter", "Stale routes removed.", self.routes_removed.load(Relaxed) as f64);
-        m("weft_agent_neighbours_set_total", "counter", "Neighbour entries set.", self.neighs_set.load(Relaxed) as f64);
-        m("weft_agent_neighbours_removed_total", "counter", "Neighbour entries removed.", self.neighs_removed.load(Relaxed) as f64);
-        m("weft_agent_fdb_set_total", "counter", "FDB entries set.", self.fdb_set.load(Relaxed) as f64);
-        m("weft_agent_fdb_removed_total", "counter", "FDB entries removed.", self.fdb_removed.load(Relaxed) as f64);
+        m(
+            "weft_agent_ready",
+            "gauge",
+            "1 once a reconcile has succeeded.",
+            self.last_sync_ok.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_nodes",
+            "gauge",
+            "Nodes in the cluster state.",
+            self.nodes.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_routes",
+            "gauge",
+            "Cross-node routes installed.",
+            self.routes.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_routes_added_total",
+            "counter",
+            "Routes added or replaced.",
+            self.routes_added.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_routes_removed_total",
+            "counter",
+            "Stale routes removed.",
+            self.routes_removed.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_neighbours_set_total",
+            "counter",
+            "Neighbour entries set.",
+            self.neighs_set.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_neighbours_removed_total",
+            "counter",
+            "Neighbour entries removed.",
+            self.neighs_removed.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_fdb_set_total",
+            "counter",
+            "FDB entries set.",
+            self.fdb_set.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_fdb_removed_total",
+            "counter",
+            "FDB entries removed.",
+            self.fdb_removed.load(Relaxed) as f64,
+        );
         s
     }
 }

@@ -74,13 +74,15 @@ impl Reconciler {
         let cfg = self.cfg.clone();
         let mut state = snapshot.clone();
         if let Some(a) = &self.allocs {
-            let me = state
-                .node(&cfg.node_name)
-                .ok_or_else(|| AgentError::NotReady(format!("node {} is not in the cluster state", cfg.node_name)))?;
-            let has = me
-                .spec
-                .as_ref()
-                .is_some_and(|s| s.pod_cidrs.as_ref().is_some_and(|p| !p.is_empty()) || s.pod_cidr.is_some());
+            let me = state.node(&cfg.node_name).ok_or_else(|| {
+                AgentError::NotReady(format!(
+                    "node {} is not in the cluster state",
+                    cfg.node_name
+                ))
+            })?;
+            let has = me.spec.as_ref().is_some_and(|s| {
+                s.pod_cidrs.as_ref().is_some_and(|p| !p.is_empty()) || s.pod_cidr.is_some()
+            });
             if !has {
                 let cluster = *cfg
                     .cluster_cidrs
@@ -95,13 +97,27 @@ impl Reconciler {
             .node(&cfg.node_name)
             .and_then(routes::node_view)
             .ok_or_else(|| {
-                AgentError::NotReady(format!("node {} has no InternalIP or pod CIDR yet", cfg.node_name))
+                AgentError::NotReady(format!(
+                    "node {} has no InternalIP or pod CIDR yet",
+                    cfg.node_name
+                ))
             })?;
         let (local, underlay_index) = self.local(me.ip)?;
+        // A node routes for its pods; make sure the kernel forwards.
+        for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
+            let proc = Path::new("/proc/sys");
+            if weft_kernel::sysctl::read(proc, key).ok().as_deref() != Some("1") {
+                weft_kernel::sysctl::write(proc, key, "1").map_err(err("enable forwarding"))?;
+            }
+        }
         let desired = routes::compile(&state, &local, cfg.backend);
         self.apply_routing(&desired, underlay_index)?;
 
-        let node_ips: Vec<IpAddr> = state.nodes().filter_map(routes::node_view).map(|v| v.ip).collect();
+        let node_ips: Vec<IpAddr> = state
+            .nodes()
+            .filter_map(routes::node_view)
+            .map(|v| v.ip)
+            .collect();
         let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips);
         if self.last_egress.as_deref() != Some(&egress) {
             weft_kernel::nft::apply(&egress).map_err(err("egress nftables"))?;
@@ -118,8 +134,12 @@ impl Reconciler {
                 .map_err(|e| AgentError::Kernel(format!("write conflist: {e}")))?;
             self.last_conflist = Some(conflist);
         }
-        self.metrics.nodes.store(state.nodes().count() as u64, Relaxed);
-        self.metrics.routes.store(desired.routes.len() as u64, Relaxed);
+        self.metrics
+            .nodes
+            .store(state.nodes().count() as u64, Relaxed);
+        self.metrics
+            .routes
+            .store(desired.routes.len() as u64, Relaxed);
         Ok(())
     }
 
@@ -128,7 +148,9 @@ impl Reconciler {
         let vx_index = match &d.vxlan {
             Some(v) => {
                 let IpAddr::V4(local) = v.local else {
-                    return Err(AgentError::Config("the vxlan backend needs an IPv4 node address".into()));
+                    return Err(AgentError::Config(
+                        "the vxlan backend needs an IPv4 node address".into(),
+                    ));
                 };
                 let l = self
                     .net
@@ -145,16 +167,24 @@ impl Reconciler {
                 if let Some(a) = v.addr {
                     let have = self.net.addrs(l.index).map_err(err("vxlan addresses"))?;
                     for h in have.iter().filter(|h| h.addr().is_ipv4() && **h != a) {
-                        self.net.del_addr(l.index, *h).map_err(err("remove stale vxlan address"))?;
+                        self.net
+                            .del_addr(l.index, *h)
+                            .map_err(err("remove stale vxlan address"))?;
                     }
                     if !have.contains(&a) {
-                        self.net.add_addr(l.index, a).map_err(err("vxlan address"))?;
+                        self.net
+                            .add_addr(l.index, a)
+                            .map_err(err("vxlan address"))?;
                     }
                 }
                 Some(l.index)
             }
             None => {
-                if let Some(l) = self.net.link_by_name(routes::VXLAN_DEV).map_err(err("find vxlan"))? {
+                if let Some(l) = self
+                    .net
+                    .link_by_name(routes::VXLAN_DEV)
+                    .map_err(err("find vxlan"))?
+                {
                     self.net.del_link(l.index).map_err(err("remove vxlan"))?;
                 }
                 None
@@ -176,7 +206,12 @@ impl Reconciler {
                 })
             })
             .collect();
-        let have: BTreeSet<TaggedRoute> = self.net.tagged_routes().map_err(err("list routes"))?.into_iter().collect();
+        let have: BTreeSet<TaggedRoute> = self
+            .net
+            .tagged_routes()
+            .map_err(err("list routes"))?
+            .into_iter()
+            .collect();
         for r in have.difference(&want) {
             self.net.del_tagged_route(r).map_err(err("remove route"))?;
             m.routes_removed.fetch_add(1, Relaxed);
@@ -184,31 +219,51 @@ impl Reconciler {
         }
         // Neighbour and FDB entries go in before the routes that use them.
         if let Some(vx) = vx_index {
-            let want_n: BTreeSet<(IpAddr, [u8; 6])> = d.neighs.iter().map(|n| (n.ip, n.mac)).collect();
-            let have_n: BTreeSet<(IpAddr, [u8; 6])> =
-                self.net.permanent_neighs(vx).map_err(err("list neighbours"))?.into_iter().collect();
+            let want_n: BTreeSet<(IpAddr, [u8; 6])> =
+                d.neighs.iter().map(|n| (n.ip, n.mac)).collect();
+            let have_n: BTreeSet<(IpAddr, [u8; 6])> = self
+                .net
+                .permanent_neighs(vx)
+                .map_err(err("list neighbours"))?
+                .into_iter()
+                .collect();
             for (ip, _) in have_n.difference(&want_n) {
-                self.net.del_neigh(vx, *ip).map_err(err("remove neighbour"))?;
+                self.net
+                    .del_neigh(vx, *ip)
+                    .map_err(err("remove neighbour"))?;
                 m.neighs_removed.fetch_add(1, Relaxed);
             }
             for (ip, mac) in want_n.difference(&have_n) {
-                self.net.replace_neigh(vx, *ip, *mac).map_err(err("set neighbour"))?;
+                self.net
+                    .replace_neigh(vx, *ip, *mac)
+                    .map_err(err("set neighbour"))?;
                 m.neighs_set.fetch_add(1, Relaxed);
             }
-            let want_f: BTreeSet<([u8; 6], IpAddr)> = d.fdb.iter().map(|f| (f.mac, f.dst)).collect();
-            let have_f: BTreeSet<([u8; 6], IpAddr)> =
-                self.net.vxlan_fdb(vx).map_err(err("list fdb"))?.into_iter().collect();
+            let want_f: BTreeSet<([u8; 6], IpAddr)> =
+                d.fdb.iter().map(|f| (f.mac, f.dst)).collect();
+            let have_f: BTreeSet<([u8; 6], IpAddr)> = self
+                .net
+                .vxlan_fdb(vx)
+                .map_err(err("list fdb"))?
+                .into_iter()
+                .collect();
             for (mac, dst) in have_f.difference(&want_f) {
-                self.net.del_fdb(vx, *mac, *dst).map_err(err("remove fdb"))?;
+                self.net
+                    .del_fdb(vx, *mac, *dst)
+                    .map_err(err("remove fdb"))?;
                 m.fdb_removed.fetch_add(1, Relaxed);
             }
             for (mac, dst) in want_f.difference(&have_f) {
-                self.net.replace_fdb(vx, *mac, *dst).map_err(err("set fdb"))?;
+                self.net
+                    .replace_fdb(vx, *mac, *dst)
+                    .map_err(err("set fdb"))?;
                 m.fdb_set.fetch_add(1, Relaxed);
             }
         }
         for r in want.difference(&have) {
-            self.net.replace_tagged_route(r).map_err(err("install route"))?;
+            self.net
+                .replace_tagged_route(r)
+                .map_err(err("install route"))?;
             m.routes_added.fetch_add(1, Relaxed);
             tracing::info!(dst = %r.dst, gw = ?r.gw, "installed route");
         }

@@ -33,14 +33,21 @@ impl Allocations {
     }
 
     /// The node's subnet, allocating one if it has none.
-    pub fn ensure(&self, node: &str, cluster: IpNet, prefix: u8, state: &ClusterState) -> std::io::Result<Vec<IpNet>> {
+    pub fn ensure(
+        &self,
+        node: &str,
+        cluster: IpNet,
+        prefix: u8,
+        state: &ClusterState,
+    ) -> std::io::Result<Vec<IpNet>> {
         std::fs::create_dir_all(&self.dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.dir.join("podcidrs.lock"))?;
-        let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
+        let _lock =
+            Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
         let mut all = self.read();
         if let Some(c) = all.get(node) {
             return Ok(c.clone());
@@ -48,7 +55,12 @@ impl Allocations {
         let mut taken: Vec<IpNet> = all.values().flatten().copied().collect();
         for n in state.nodes() {
             if let Some(spec) = &n.spec {
-                taken.extend(spec.pod_cidrs.iter().flatten().filter_map(|c| c.parse::<IpNet>().ok()));
+                taken.extend(
+                    spec.pod_cidrs
+                        .iter()
+                        .flatten()
+                        .filter_map(|c| c.parse::<IpNet>().ok()),
+                );
             }
         }
         let c = weft_model::subnets::allocate(cluster, prefix, &taken).ok_or_else(|| {

@@ -293,8 +293,7 @@ impl Net {
             let (mut ip, mut mac) = (None, None);
             for a in &m.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(*v)),
+                    NeighbourAttribute::Destination(d) => ip = neigh_ip(d),
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                         mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
                     }
@@ -368,6 +367,20 @@ impl Net {
                 })
                 .collect())
         })
+    }
+}
+
+/// FDB dumps are AF_BRIDGE messages, so their NDA_DST arrives unparsed.
+fn neigh_ip(d: &NeighbourAddress) -> Option<IpAddr> {
+    match d {
+        NeighbourAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        NeighbourAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        NeighbourAddress::Other(b) if b.len() == 4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        NeighbourAddress::Other(b) if b.len() == 16 => {
+            let a: [u8; 16] = b.as_slice().try_into().ok()?;
+            Some(IpAddr::V6(a.into()))
+        }
+        _ => None,
     }
 }
 

@@ -43,10 +43,18 @@ impl CniRuntime {
             .iter()
             .map(|d| d.join(ty))
             .find(|p| p.is_file())
-            .ok_or_else(|| CniCallError::Exec(format!("plugin {ty:?} not found in {:?}", self.plugin_dirs)))
+            .ok_or_else(|| {
+                CniCallError::Exec(format!("plugin {ty:?} not found in {:?}", self.plugin_dirs))
+            })
     }
 
-    fn call(&self, command: &str, plugin: &Value, att: &Attachment, stdin: &Value) -> Result<Option<Value>, CniCallError> {
+    fn call(
+        &self,
+        command: &str,
+        plugin: &Value,
+        att: &Attachment,
+        stdin: &Value,
+    ) -> Result<Option<Value>, CniCallError> {
         let ty = plugin.get("type").and_then(Value::as_str).unwrap_or("");
         let bin = self.find(ty)?;
         let mut cmd = match &self.netns {
@@ -64,7 +72,10 @@ impl CniRuntime {
             .collect::<Vec<_>>()
             .join(":");
         cmd.env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", att.container_id)
             .env("CNI_NETNS", att.netns)
@@ -90,7 +101,10 @@ impl CniRuntime {
                 .map(|v| {
                     (
                         v.get("code").and_then(Value::as_u64).unwrap_or(0),
-                        v.get("msg").and_then(Value::as_str).unwrap_or("").to_string(),
+                        v.get("msg")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
                     )
                 })
                 .unwrap_or((0, String::from_utf8_lossy(&out.stderr).trim().to_string()));
@@ -139,7 +153,12 @@ impl CniRuntime {
 
     /// DEL through every plugin in reverse, carrying on past failures and
     /// reporting the first.
-    pub fn del(&self, list: &Value, att: &Attachment, prev: Option<&Value>) -> Result<(), CniCallError> {
+    pub fn del(
+        &self,
+        list: &Value,
+        att: &Attachment,
+        prev: Option<&Value>,
+    ) -> Result<(), CniCallError> {
         let mut first_err = None;
         for plugin in plugins(list).iter().rev() {
             let conf = Self::plugin_conf(list, plugin, att, prev);

@@ -1,30 +1,45 @@
-//! The lab: a Kubernetes-shaped cluster on one Linux host, where nodes and
-//! pods are network namespaces and the real weft components run inside them.
+//! The lab: a Kubernetes-shaped cluster on one Linux host. Nodes and pods
+//! are network namespaces; the real weft components run inside them.
 //!
-//! The lab plays the kubelet's part: it creates each pod's namespace, calls
-//! the CNI plugin exactly as a runtime does (exec, CNI_* environment, the
-//! conflist's plugins in order), starts the pod's command inside the pod's
-//! namespace, and on teardown calls DEL. Nothing happens in the host's own
-//! network namespace: every change is inside namespaces the lab created,
-//! named `weft-<lab>.<...>` so several labs can run side by side.
+//! The lab plays the parts weft does not: the API server (it keeps the
+//! cluster's manifests in a directory the agents watch, and gives pods their
+//! status), the scheduler (spec.nodeName, else the least-loaded node), the
+//! kubelet (it calls the CNI plugin exactly as a runtime does and starts the
+//! pod's command inside the pod's namespace) and the physical network (an
+//! underlay bridge joining the nodes and an `external` host).
+//!
+//! ```text
+//!  weft-<lab>.underlay : bridge ul0 ── 172.30.0.0/24
+//!     ├── weft-<lab>.node-1   eth0 172.30.0.11  (weft agent, bridge weft0, pods)
+//!     ├── weft-<lab>.node-2   eth0 172.30.0.12
+//!     └── weft-<lab>.external eth0 172.30.0.254 (the world outside the cluster)
+//! ```
+//! Nothing happens in the host's own network namespace. Namespaces are
+//! named `weft-<lab>.…`, so several labs run side by side.
 
 pub mod cni_client;
-pub mod manifest;
 pub mod state;
+mod topo;
 
 use cni_client::{Attachment, CniRuntime};
 use ipnet::IpNet;
-use manifest::Pod;
+use k8s_openapi::api::core::v1::{Node, NodeAddress, Pod, PodIP};
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Value};
 use state::{LabState, NodeState, PodState};
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use topo::{create_netns, ipn, kill_group, remove_netns};
+use weft_model::manifest::{self, ManifestError};
+use weft_model::Object;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error(transparent)]
-    Manifest(#[from] manifest::ManifestError),
+    Manifest(#[from] ManifestError),
     #[error(transparent)]
     Cni(#[from] cni_client::CniCallError),
     #[error("{0}")]
@@ -35,29 +50,33 @@ fn msg(s: impl Into<String>) -> LabError {
     LabError::Msg(s.into())
 }
 
-/// Host paths the lab uses, as parameters so tests can move them.
+/// Host paths and binaries the lab uses, as parameters so tests can move them.
 #[derive(Debug, Clone)]
 pub struct LabEnv {
     /// Per-lab state lives in `<state_root>/<name>`.
     pub state_root: PathBuf,
     /// Directories searched for CNI plugins (weft-cni first).
     pub plugin_dirs: Vec<PathBuf>,
+    /// The `weft` binary the agents run.
+    pub weft_bin: PathBuf,
 }
 
 impl LabEnv {
-    /// The defaults: state under /run/weft/labs (gone on reboot, like the
-    /// namespaces themselves); plugins next to the running `weft` binary,
-    /// then the Debian and upstream plugin directories.
+    /// State under /run/weft/labs (gone on reboot, like the namespaces);
+    /// plugins next to the running binary, then the Debian and upstream
+    /// plugin directories.
     pub fn system() -> LabEnv {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("weft"));
         let mut plugin_dirs = Vec::new();
-        if let Some(d) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-            plugin_dirs.push(d);
+        if let Some(d) = exe.parent() {
+            plugin_dirs.push(d.to_path_buf());
         }
         plugin_dirs.push(PathBuf::from("/usr/lib/cni"));
         plugin_dirs.push(PathBuf::from("/opt/cni/bin"));
         LabEnv {
             state_root: PathBuf::from("/run/weft/labs"),
             plugin_dirs,
+            weft_bin: exe,
         }
     }
 
@@ -68,150 +87,364 @@ impl LabEnv {
 
 pub struct UpOptions {
     pub name: String,
+    pub nodes: usize,
+    pub backend: String,
+    pub cluster_cidr: IpNet,
     pub manifests: Option<PathBuf>,
-    pub pod_cidr: IpNet,
 }
 
-/// Lab and node names become parts of namespace and file names.
+const UNDERLAY: &str = "172.30.0.0/24";
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
+const RESERVED_NODE_NAMES: &[&str] = &["underlay", "external"];
+
+/// Lab names become parts of namespace and file names.
 pub fn validate_lab_name(n: &str) -> Result<(), LabError> {
     let ok = !n.is_empty()
         && n.len() <= 32
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(msg(format!("lab name {n:?}: use 1-32 lower-case letters, digits or '-'")))
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), LabError> {
-    let o = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .output()
-        .map_err(|e| msg(format!("run ip {}: {e}", args.join(" "))))?;
-    if o.status.success() {
-        Ok(())
-    } else {
         Err(msg(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
+            "lab name {n:?}: use 1-32 lower-case letters, digits or '-'"
         )))
     }
 }
 
-fn create_netns(name: &str) -> Result<(), LabError> {
-    ip(&["netns", "add", name])?;
-    ip(&["netns", "exec", name, "ip", "link", "set", "lo", "up"])
+/// Serialises lab commands on one lab (an `apply` racing a `down`).
+fn lock(dir: &Path) -> Result<Flock<File>, LabError> {
+    fs::create_dir_all(dir).map_err(|e| msg(format!("create {}: {e}", dir.display())))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(|e| msg(format!("lock: {e}")))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| msg(format!("lock: {e}")))
 }
 
-/// Kills every process in the namespace, then removes it.
-fn remove_netns(name: &str) -> Result<(), LabError> {
-    if let Ok(o) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
-        }
+fn write_file(p: &Path, text: &str) -> Result<(), LabError> {
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).map_err(|e| msg(format!("create {}: {e}", d.display())))?;
     }
-    if Path::new("/run/netns").join(name).exists() {
-        ip(&["netns", "del", name])?;
-    }
-    Ok(())
+    // Rename into place: the agents' watcher sees whole files only.
+    let tmp = p.with_extension("tmp");
+    fs::write(&tmp, text)
+        .and_then(|_| fs::rename(&tmp, p))
+        .map_err(|e| msg(format!("write {}: {e}", p.display())))
 }
 
-/// The conflist the lab's nodes use: weft-cni with a gateway on the bridge,
-/// masquerade for traffic leaving the pod network, and hostPorts.
-pub fn conflist(lab: &str, pod_cidr: IpNet, data_dir: &Path) -> Value {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": format!("weft-{lab}"),
-        "plugins": [{
-            "type": "weft-cni",
-            "bridge": "weft0",
-            "isGateway": true,
-            "isDefaultGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "capabilities": {"portMappings": true, "ips": true, "mac": true},
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": pod_cidr.to_string()}]],
-                "dataDir": data_dir.display().to_string()
-            }
-        }]
-    })
+/// Where the lab keeps an object's manifest in the cluster directory.
+fn manifest_path(dir: &Path, o: &Object) -> PathBuf {
+    let k = o.key();
+    let file = if k.namespace.is_empty() {
+        format!("{}.yaml", k.name)
+    } else {
+        format!("{}.{}.yaml", k.namespace, k.name)
+    };
+    dir.join("cluster")
+        .join(k.kind.to_ascii_lowercase())
+        .join(file)
+}
+
+fn store(dir: &Path, o: &Object) -> Result<(), LabError> {
+    let text = match o {
+        Object::Node(x) => serde_yaml::to_string(x),
+        Object::Pod(x) => serde_yaml::to_string(x),
+        Object::Namespace(x) => serde_yaml::to_string(x),
+        Object::Service(x) => serde_yaml::to_string(x),
+        Object::EndpointSlice(x) => serde_yaml::to_string(x),
+        Object::NetworkPolicy(x) => serde_yaml::to_string(x),
+    }
+    .map_err(|e| msg(format!("serialise {}: {e}", o.key())))?;
+    // k8s-openapi writes apiVersion and kind itself.
+    write_file(&manifest_path(dir, o), &text)
+}
+
+fn unstore(dir: &Path, o: &Object) {
+    let _ = fs::remove_file(manifest_path(dir, o));
 }
 
 impl LabState {
-    fn runtime(&self, env: &LabEnv) -> CniRuntime {
-        CniRuntime {
-            plugin_dirs: env.plugin_dirs.clone(),
-            netns: Some(self.node.netns.clone()),
-        }
+    fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    fn node_dir(dir: &Path, node: &str) -> PathBuf {
+        dir.join("nodes").join(node)
     }
 }
 
-/// Brings a lab up: one node, and one pod per Pod manifest.
+fn node_names_from(objs: &[Object], n: usize) -> Vec<String> {
+    let named: Vec<String> = objs
+        .iter()
+        .filter(|o| matches!(o, Object::Node(_)))
+        .map(|o| o.key().name)
+        .collect();
+    if named.is_empty() {
+        (1..=n.max(1)).map(|i| format!("node-{i}")).collect()
+    } else {
+        named
+    }
+}
+
+/// Brings a lab up: the underlay, the external host, the nodes with their
+/// agents, then one pod per Pod manifest.
 pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
     validate_lab_name(&opts.name)?;
+    opts.backend
+        .parse::<weft_model::routes::Backend>()
+        .map_err(LabError::Msg)?;
     // Read every manifest before changing anything: a bad file costs nothing.
-    let pods = match &opts.manifests {
-        Some(p) => manifest::load_pods(p)?,
+    let objs = match &opts.manifests {
+        Some(p) => manifest::load(p)?,
         None => Vec::new(),
     };
-    let mut seen = std::collections::HashSet::new();
-    for p in &pods {
-        if !seen.insert(p.key()) {
-            return Err(msg(format!("pod {} appears twice in the manifests", p.key())));
-        }
-    }
+    check_duplicates(&objs)?;
     let dir = env.dir(&opts.name);
     if dir.join("state.json").exists() {
         return Err(msg(format!(
-            "lab {:?} is already up (weft lab down --name {} removes it)",
+            "lab {:?} is already up (weft lab apply changes it; weft lab down --name {} removes it)",
             opts.name, opts.name
         )));
     }
-    fs::create_dir_all(dir.join("logs")).map_err(|e| msg(format!("create {}: {e}", dir.display())))?;
+    let _lock = lock(&dir)?;
+    let underlay: IpNet = UNDERLAY.parse().expect("constant");
     let mut st = LabState {
         name: opts.name.clone(),
-        node: NodeState {
-            name: "node-1".into(),
-            netns: format!("weft-{}.node-1", opts.name),
-        },
-        pod_cidr: opts.pod_cidr,
-        conflist: conflist(&opts.name, opts.pod_cidr, &dir.join("ipam")),
+        backend: opts.backend.clone(),
+        cluster_cidr: opts.cluster_cidr,
+        underlay,
+        underlay_netns: format!("weft-{}.underlay", opts.name),
+        external_netns: format!("weft-{}.external", opts.name),
+        external_ip: IpAddr::V4(EXTERNAL_IP),
+        nodes: Vec::new(),
         pods: Vec::new(),
     };
-    st.save(&dir)?;
     let r = (|| {
-        create_netns(&st.node.netns)?;
-        for pod in &pods {
-            let ps = start_pod(env, &st, &dir, pod)?;
-            st.pods.push(ps);
-            st.save(&dir)?;
+        fs::create_dir_all(dir.join("cluster")).map_err(|e| msg(e.to_string()))?;
+        st.save(&dir)?;
+        create_netns(&st.underlay_netns)?;
+        ipn(
+            &st.underlay_netns,
+            &["link", "add", "ul0", "type", "bridge"],
+        )?;
+        ipn(&st.underlay_netns, &["link", "set", "ul0", "up"])?;
+        create_netns(&st.external_netns)?;
+        topo::plug(
+            &st.underlay_netns,
+            "ext",
+            &st.external_netns,
+            &format!("{EXTERNAL_IP}/24"),
+            None,
+        )?;
+        st.save(&dir)?;
+        let names = node_names_from(&objs, opts.nodes);
+        for name in &names {
+            let user = objs.iter().find_map(|o| match o {
+                Object::Node(n) if n.metadata.name.as_deref() == Some(name) => {
+                    Some(n.as_ref().clone())
+                }
+                _ => None,
+            });
+            add_node(env, &mut st, &dir, name, user)?;
         }
+        for n in &names {
+            wait_ready(&dir, n)?;
+        }
+        apply_objects(env, &mut st, &dir, &objs, &mut Vec::new())?;
         Ok(())
     })();
     if let Err(e) = r {
         // Never leave half a lab: take down what was made, report the cause.
+        drop(_lock);
         let _ = down(env, &opts.name);
         return Err(e);
     }
     Ok(st)
 }
 
+fn check_duplicates(objs: &[Object]) -> Result<(), LabError> {
+    let mut seen = std::collections::HashSet::new();
+    for o in objs {
+        if !seen.insert(o.key()) {
+            return Err(msg(format!("{} appears twice in the manifests", o.key())));
+        }
+    }
+    Ok(())
+}
+
+fn add_node(
+    env: &LabEnv,
+    st: &mut LabState,
+    dir: &Path,
+    name: &str,
+    user: Option<Node>,
+) -> Result<(), LabError> {
+    if RESERVED_NODE_NAMES.contains(&name) || name.len() > 32 {
+        return Err(msg(format!("node name {name:?} is reserved or too long")));
+    }
+    let used: Vec<IpAddr> = st.nodes.iter().map(|n| n.ip).collect();
+    let idx = (11u8..250)
+        .find(|i| !used.contains(&IpAddr::V4(Ipv4Addr::new(172, 30, 0, *i))))
+        .ok_or_else(|| msg("the lab underlay is full"))?;
+    let ip = IpAddr::V4(Ipv4Addr::new(172, 30, 0, idx));
+    let netns = format!("weft-{}.{name}", st.name);
+    st.nodes.push(NodeState {
+        name: name.to_string(),
+        netns: netns.clone(),
+        ip,
+        agent_pid: None,
+    });
+    st.save(dir)?;
+    create_netns(&netns)?;
+    topo::plug(
+        &st.underlay_netns,
+        &format!("n{idx}"),
+        &netns,
+        &format!("{ip}/24"),
+        Some(&EXTERNAL_IP.to_string()),
+    )?;
+    // The Node object, as a kubelet would register it.
+    let mut node = user.unwrap_or_default();
+    node.metadata.name = Some(name.to_string());
+    let status = node.status.get_or_insert_with(Default::default);
+    status.addresses = Some(vec![
+        NodeAddress {
+            type_: "InternalIP".into(),
+            address: ip.to_string(),
+        },
+        NodeAddress {
+            type_: "Hostname".into(),
+            address: name.to_string(),
+        },
+    ]);
+    store(dir, &Object::Node(Box::new(node)))?;
+    let pid = start_agent(env, st, dir, name, &netns)?;
+    if let Some(n) = st.nodes.iter_mut().find(|n| n.name == name) {
+        n.agent_pid = Some(pid);
+    }
+    st.save(dir)
+}
+
+/// Starts the node's agent under a restart loop, as a DaemonSet's pod
+/// would be restarted by its kubelet.
+fn start_agent(
+    env: &LabEnv,
+    st: &LabState,
+    dir: &Path,
+    node: &str,
+    netns: &str,
+) -> Result<u32, LabError> {
+    let nd = LabState::node_dir(dir, node);
+    fs::create_dir_all(&nd).map_err(|e| msg(e.to_string()))?;
+    let log = File::create(nd.join("agent.log")).map_err(|e| msg(e.to_string()))?;
+    let log2 = log.try_clone().map_err(|e| msg(e.to_string()))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns, "setsid", "sh", "-c"])
+        .arg(r#"while :; do "$0" agent "$@"; sleep 0.3; done"#)
+        .arg(&env.weft_bin)
+        .args(["--node-name", node, "--manifests"])
+        .arg(dir.join("cluster"))
+        .args([
+            "--backend",
+            &st.backend,
+            "--cluster-cidr",
+            &st.cluster_cidr.to_string(),
+        ])
+        .arg("--cni-conf-dir")
+        .arg(nd.join("net.d"))
+        .arg("--ipam-data-dir")
+        .arg(nd.join("ipam"))
+        .args(["--metrics-addr", "0.0.0.0:9105"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| msg(format!("start agent on {node}: {e}")))?;
+    Ok(child.id())
+}
+
+fn conflist_path(dir: &Path, node: &str) -> PathBuf {
+    LabState::node_dir(dir, node)
+        .join("net.d")
+        .join("10-weft.conflist")
+}
+
+/// A node is ready once its agent has written the CNI conflist.
+fn wait_ready(dir: &Path, node: &str) -> Result<(), LabError> {
+    let p = conflist_path(dir, node);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if p.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log =
+        fs::read_to_string(LabState::node_dir(dir, node).join("agent.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    Err(msg(format!(
+        "node {node}: agent did not become ready in 20 s; last log lines:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )))
+}
+
+fn schedule(st: &LabState, pod: &Pod) -> Result<String, LabError> {
+    if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+        return st.node(&n).map(|n| n.name.clone()).ok_or_else(|| {
+            msg(format!(
+                "pod {}: spec.nodeName {n:?} is not a node of this lab",
+                key(pod)
+            ))
+        });
+    }
+    st.nodes
+        .iter()
+        .min_by_key(|n| {
+            (
+                st.pods.iter().filter(|p| p.node == n.name).count(),
+                n.name.clone(),
+            )
+        })
+        .map(|n| n.name.clone())
+        .ok_or_else(|| msg("no nodes to schedule on"))
+}
+
+fn key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+fn runtime(env: &LabEnv, node_netns: &str) -> CniRuntime {
+    CniRuntime {
+        plugin_dirs: env.plugin_dirs.clone(),
+        netns: Some(node_netns.to_string()),
+    }
+}
+
 fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodState, LabError> {
-    let netns = format!("weft-{}.{}.{}", st.name, pod.namespace(), pod.metadata.name);
-    let container_id = format!("{}.{}.{}", st.name, pod.namespace(), pod.metadata.name);
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let node = schedule(st, pod)?;
+    let node_netns = st.node(&node).map(|n| n.netns.clone()).unwrap_or_default();
+    let netns = format!("weft-{}.{ns}.{name}", st.name);
+    let container_id = format!("{}.{ns}.{name}", st.name);
+    let conflist: Value = fs::read_to_string(conflist_path(dir, &node))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| msg(format!("node {node} has no CNI configuration yet")))?;
     create_netns(&netns)?;
     let netns_path = PathBuf::from("/run/netns").join(&netns);
-    let args = format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-        pod.namespace(),
-        pod.metadata.name,
-        container_id
-    );
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id}");
     let rc = json!({});
     let att = Attachment {
         container_id: &container_id,
@@ -220,11 +453,11 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
         args: &args,
         runtime_config: &rc,
     };
-    let result = match st.runtime(env).add(&st.conflist, &att) {
+    let result = match runtime(env, &node_netns).add(&conflist, &att) {
         Ok(r) => r,
         Err(e) => {
             let _ = remove_netns(&netns);
-            return Err(msg(format!("pod {}: {e}", pod.key())));
+            return Err(msg(format!("pod {ns}/{name}: {e}")));
         }
     };
     let ips: Vec<String> = result["ips"]
@@ -235,52 +468,82 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
         .map(|a| a.split('/').next().unwrap_or(a).to_string())
         .collect();
     let mut ps = PodState {
-        namespace: pod.namespace().to_string(),
-        name: pod.metadata.name.clone(),
-        node: st.node.name.clone(),
+        namespace: ns.clone(),
+        name: name.clone(),
+        node: node.clone(),
         netns,
         container_id,
         ips,
         pid: None,
         result,
+        conflist,
     };
-    let c = &pod.spec.containers[0];
-    let mut argv: Vec<String> = c.command.iter().chain(c.args.iter()).cloned().collect();
+    let c = pod.spec.as_ref().and_then(|s| s.containers.first());
+    let mut argv: Vec<String> = c
+        .map(|c| {
+            c.command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     if argv.is_empty() {
         // No image means no entrypoint: the pod's namespace just stays up.
         argv = vec!["sleep".into(), "infinity".into()];
     }
-    let log_path = dir.join("logs").join(format!("{}_{}.log", ps.namespace, ps.name));
-    let log = File::create(&log_path).map_err(|e| msg(format!("create {}: {e}", log_path.display())))?;
-    let log2 = log.try_clone().map_err(|e| msg(e.to_string()))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ps.netns, "setsid"])
-        .args(&argv)
-        .env("POD_NAME", &ps.name)
-        .env("POD_NAMESPACE", &ps.namespace)
-        .env("POD_IP", ps.ips.first().cloned().unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn();
-    match child {
+    let log_path = dir.join("logs").join(format!("{ns}_{name}.log"));
+    let started = (|| {
+        fs::create_dir_all(dir.join("logs")).map_err(|e| msg(e.to_string()))?;
+        let log = File::create(&log_path)
+            .map_err(|e| msg(format!("create {}: {e}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(|e| msg(e.to_string()))?;
+        Command::new("ip")
+            .args(["netns", "exec", &ps.netns, "setsid"])
+            .args(&argv)
+            .env("POD_NAME", &name)
+            .env("POD_NAMESPACE", &ns)
+            .env("POD_IP", ps.ips.first().cloned().unwrap_or_default())
+            .env("NODE_NAME", &node)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| msg(format!("pod {ns}/{name}: start {argv:?}: {e}")))
+    })();
+    match started {
         Ok(c) => ps.pid = Some(c.id()),
         Err(e) => {
-            let _ = stop_pod(env, st, &ps);
-            return Err(msg(format!("pod {}: start {:?}: {e}", pod.key(), argv)));
+            let _ = stop_pod(env, st, dir, &ps);
+            return Err(e);
         }
     }
+    // Publish the pod as the API server would after the kubelet reports.
+    let mut p = pod.clone();
+    p.metadata.namespace = Some(ns);
+    p.spec.get_or_insert_with(Default::default).node_name = Some(node);
+    let status = p.status.get_or_insert_with(Default::default);
+    status.phase = Some("Running".into());
+    status.pod_ip = ps.ips.first().cloned();
+    status.pod_ips = Some(ps.ips.iter().map(|i| PodIP { ip: i.clone() }).collect());
+    status.host_ip = st.node(&ps.node).map(|n| n.ip.to_string());
+    store(dir, &Object::Pod(Box::new(p)))?;
     Ok(ps)
 }
 
-fn stop_pod(env: &LabEnv, st: &LabState, ps: &PodState) -> Result<(), LabError> {
+fn pod_object(ps: &PodState) -> Object {
+    let mut p = Pod::default();
+    p.metadata.name = Some(ps.name.clone());
+    p.metadata.namespace = Some(ps.namespace.clone());
+    Object::Pod(Box::new(p))
+}
+
+fn stop_pod(env: &LabEnv, st: &LabState, dir: &Path, ps: &PodState) -> Result<(), LabError> {
     if let Some(pid) = ps.pid {
-        // setsid made the pod's process a group leader: kill the group.
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{pid}")])
-            .stderr(Stdio::null())
-            .status();
+        kill_group(pid);
     }
+    unstore(dir, &pod_object(ps));
     let netns_path = PathBuf::from("/run/netns").join(&ps.netns);
     let rc = json!({});
     let att = Attachment {
@@ -290,40 +553,234 @@ fn stop_pod(env: &LabEnv, st: &LabState, ps: &PodState) -> Result<(), LabError> 
         args: "IgnoreUnknown=1",
         runtime_config: &rc,
     };
-    let del = st.runtime(env).del(&st.conflist, &att, Some(&ps.result));
+    let node_netns = st
+        .node(&ps.node)
+        .map(|n| n.netns.clone())
+        .unwrap_or_default();
+    let del = if topo::netns_exists(&node_netns) {
+        runtime(env, &node_netns).del(&ps.conflist, &att, Some(&ps.result))
+    } else {
+        Ok(())
+    };
     let rm = remove_netns(&ps.netns);
     del.map_err(|e| msg(format!("pod {}/{}: {e}", ps.namespace, ps.name)))?;
     rm
 }
 
-/// Removes a lab: every pod (CNI DEL, then its namespace), the node, and
-/// the state directory. Keeps going past failures and reports them all.
+fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Result<(), LabError> {
+    let mut errors = Vec::new();
+    let pods: Vec<PodState> = st.pods.iter().filter(|p| p.node == name).cloned().collect();
+    for p in &pods {
+        if let Err(e) = stop_pod(env, st, dir, p) {
+            errors.push(e.to_string());
+        }
+    }
+    st.pods.retain(|p| p.node != name);
+    if let Some(n) = st.node(name).cloned() {
+        if let Some(pid) = n.agent_pid {
+            kill_group(pid);
+        }
+        let mut node = Node::default();
+        node.metadata.name = Some(name.to_string());
+        unstore(dir, &Object::Node(Box::new(node)));
+        if let Err(e) = remove_netns(&n.netns) {
+            errors.push(e.to_string());
+        }
+        let _ = fs::remove_dir_all(LabState::node_dir(dir, name));
+    }
+    st.nodes.retain(|n| n.name != name);
+    st.save(dir)?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(msg(errors.join("\n")))
+    }
+}
+
+/// Changes the running lab the way `kubectl apply` changes a cluster; one
+/// line per object, kubectl-style.
+fn apply_objects(
+    env: &LabEnv,
+    st: &mut LabState,
+    dir: &Path,
+    objs: &[Object],
+    report: &mut Vec<String>,
+) -> Result<(), LabError> {
+    // Nodes first, so pods in the same apply can land on them.
+    let mut new_nodes = Vec::new();
+    for o in objs {
+        if let Object::Node(n) = o {
+            let name = o.key().name;
+            if st.node(&name).is_none() {
+                add_node(env, st, dir, &name, Some(n.as_ref().clone()))?;
+                new_nodes.push(name.clone());
+                report.push(format!("node/{name} created"));
+            } else {
+                let mut n = n.as_ref().clone();
+                let ip = st.node(&name).map(|x| x.ip).expect("checked");
+                n.status.get_or_insert_with(Default::default).addresses = Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.to_string(),
+                }]);
+                store(dir, &Object::Node(Box::new(n)))?;
+                report.push(format!("node/{name} configured"));
+            }
+        }
+    }
+    for n in &new_nodes {
+        wait_ready(dir, n)?;
+    }
+    for o in objs {
+        match o {
+            Object::Node(_) => {}
+            Object::Pod(p) => {
+                let k = o.key();
+                if st
+                    .pods
+                    .iter()
+                    .any(|x| x.namespace == k.namespace && x.name == k.name)
+                {
+                    report.push(format!(
+                        "pod/{}/{} unchanged (pods are immutable)",
+                        k.namespace, k.name
+                    ));
+                    continue;
+                }
+                let ps = start_pod(env, st, dir, p)?;
+                st.pods.push(ps);
+                st.save(dir)?;
+                report.push(format!("pod/{}/{} created", k.namespace, k.name));
+            }
+            other => {
+                let existed = manifest_path(dir, other).exists();
+                store(dir, other)?;
+                report.push(format!(
+                    "{}/{} {}",
+                    other.kind().to_ascii_lowercase(),
+                    other.key().name,
+                    if existed { "configured" } else { "created" }
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn apply(env: &LabEnv, name: &str, path: &Path) -> Result<Vec<String>, LabError> {
+    let objs = manifest::load(path)?;
+    check_duplicates(&objs)?;
+    let dir = env.dir(name);
+    let _lock = lock(&dir)?;
+    let mut st = LabState::load(&dir)?.ok_or_else(|| msg(format!("lab {name:?} is not up")))?;
+    let mut report = Vec::new();
+    let r = apply_objects(env, &mut st, &dir, &objs, &mut report);
+    st.save(&dir)?;
+    r.map(|_| report)
+}
+
+pub fn delete(env: &LabEnv, name: &str, path: &Path) -> Result<Vec<String>, LabError> {
+    let objs = manifest::load(path)?;
+    let dir = env.dir(name);
+    let _lock = lock(&dir)?;
+    let mut st = LabState::load(&dir)?.ok_or_else(|| msg(format!("lab {name:?} is not up")))?;
+    let mut report = Vec::new();
+    let mut errors = Vec::new();
+    // Pods and other objects before nodes.
+    for o in objs.iter().filter(|o| !matches!(o, Object::Node(_))) {
+        let k = o.key();
+        match o {
+            Object::Pod(_) => {
+                let Some(ps) = st
+                    .pods
+                    .iter()
+                    .find(|p| p.namespace == k.namespace && p.name == k.name)
+                    .cloned()
+                else {
+                    report.push(format!("pod/{}/{} not found", k.namespace, k.name));
+                    continue;
+                };
+                if let Err(e) = stop_pod(env, &st, &dir, &ps) {
+                    errors.push(e.to_string());
+                }
+                st.pods
+                    .retain(|p| !(p.namespace == k.namespace && p.name == k.name));
+                st.save(&dir)?;
+                report.push(format!("pod/{}/{} deleted", k.namespace, k.name));
+            }
+            other => {
+                unstore(&dir, other);
+                report.push(format!(
+                    "{}/{} deleted",
+                    other.kind().to_ascii_lowercase(),
+                    k.name
+                ));
+            }
+        }
+    }
+    for o in objs.iter().filter(|o| matches!(o, Object::Node(_))) {
+        let n = o.key().name;
+        if st.node(&n).is_none() {
+            report.push(format!("node/{n} not found"));
+            continue;
+        }
+        if let Err(e) = remove_node(env, &mut st, &dir, &n) {
+            errors.push(e.to_string());
+        }
+        report.push(format!("node/{n} deleted"));
+    }
+    st.save(&dir)?;
+    if errors.is_empty() {
+        Ok(report)
+    } else {
+        Err(msg(errors.join("\n")))
+    }
+}
+
+/// Removes a lab: every pod (CNI DEL, then its namespace), the agents, the
+/// nodes, the underlay and the state directory. Keeps going past failures
+/// and reports them all.
 pub fn down(env: &LabEnv, name: &str) -> Result<(), LabError> {
     validate_lab_name(name)?;
     let dir = env.dir(name);
     let mut errors = Vec::new();
-    if let Some(st) = LabState::load(&dir)? {
-        for ps in &st.pods {
-            if let Err(e) = stop_pod(env, &st, ps) {
-                errors.push(e.to_string());
+    {
+        let _lock = if dir.exists() {
+            Some(lock(&dir)?)
+        } else {
+            None
+        };
+        if let Some(st) = LabState::load(&dir)? {
+            for ps in &st.pods {
+                if let Err(e) = stop_pod(env, &st, &dir, ps) {
+                    errors.push(e.to_string());
+                }
+            }
+            for n in &st.nodes {
+                if let Some(pid) = n.agent_pid {
+                    kill_group(pid);
+                }
             }
         }
-    }
-    // Sweep anything of this lab's that the state file does not know about
-    // (a crash between creating a namespace and saving the state).
-    let prefix = format!("weft-{name}.");
-    let mut leftovers: Vec<String> = fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    // Pods before nodes, so no pod's veth outlives its bridge's namespace.
-    leftovers.sort_by_key(|n| n.ends_with(".node-1"));
-    for n in leftovers {
-        if let Err(e) = remove_netns(&n) {
-            errors.push(e.to_string());
+        // Sweep everything of this lab's, including what a crash left
+        // unrecorded: pods first, then nodes, then the underlay.
+        let prefix = format!("weft-{name}.");
+        let mut left: Vec<String> = fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        left.sort_by_key(|n| {
+            (
+                n.ends_with(".underlay"),
+                std::cmp::Reverse(n.matches('.').count()),
+            )
+        });
+        for n in left {
+            if let Err(e) = remove_netns(&n) {
+                errors.push(e.to_string());
+            }
         }
     }
     if dir.exists() {
@@ -343,14 +800,21 @@ pub fn status(env: &LabEnv, name: &str) -> Result<LabState, LabError> {
     LabState::load(&env.dir(name))?.ok_or_else(|| msg(format!("lab {name:?} is not up")))
 }
 
-/// The namespace a `weft lab exec` target names: `node/<node>`,
+/// The namespace a `weft lab exec` target names: `node/<node>`, `external`,
 /// `<namespace>/<pod>`, or a bare pod name in `default`.
 pub fn resolve_target(st: &LabState, target: &str) -> Result<String, LabError> {
+    if target == "external" {
+        return Ok(st.external_netns.clone());
+    }
     if let Some(node) = target.strip_prefix("node/") {
-        if node == st.node.name {
-            return Ok(st.node.netns.clone());
-        }
-        return Err(msg(format!("no node {node:?} in lab {} (nodes: {})", st.name, st.node.name)));
+        return st.node(node).map(|n| n.netns.clone()).ok_or_else(|| {
+            let names: Vec<&str> = st.nodes.iter().map(|n| n.name.as_str()).collect();
+            msg(format!(
+                "no node {node:?} in lab {} (nodes: {})",
+                st.name,
+                names.join(", ")
+            ))
+        });
     }
     let (ns, pod) = target.split_once('/').unwrap_or(("default", target));
     st.pods
@@ -376,40 +840,102 @@ pub fn exec(env: &LabEnv, name: &str, target: &str, argv: &[String]) -> Result<i
     Ok(s.code().unwrap_or(128))
 }
 
-/// The status table `weft lab status` prints.
-pub fn render_status(st: &LabState) -> String {
+/// Each node's pod subnet as its agent allocated or was given it.
+fn node_subnets(env: &LabEnv, st: &LabState) -> std::collections::BTreeMap<String, String> {
+    let dir = env.dir(&st.name);
+    let mut out: std::collections::BTreeMap<String, String> =
+        fs::read_to_string(dir.join("cluster/.weft/podcidrs.json"))
+            .ok()
+            .and_then(|t| {
+                serde_json::from_str::<std::collections::BTreeMap<String, Vec<String>>>(&t).ok()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.join(",")))
+            .collect();
+    for n in &st.nodes {
+        let p = dir.join("cluster/node").join(format!("{}.yaml", n.name));
+        if let Ok(objs) = fs::read_to_string(&p).map(|t| manifest::parse(&p, &t)) {
+            for o in objs.into_iter().flatten() {
+                if let Object::Node(node) = o {
+                    if let Some(c) = node
+                        .spec
+                        .and_then(|s| s.pod_cidrs)
+                        .filter(|c| !c.is_empty())
+                    {
+                        out.insert(n.name.clone(), c.join(","));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let cols = rows.first().map(|r| r.len()).unwrap_or(0);
+    let w: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:w$}", w = w[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn alive(pid: Option<u32>) -> bool {
+    pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// The status text `weft lab status` prints.
+pub fn render_status(env: &LabEnv, st: &LabState) -> String {
+    let subnets = node_subnets(env, st);
     let mut out = format!(
-        "lab {}  node {} (netns {})  pod CIDR {}\n",
-        st.name, st.node.name, st.node.netns, st.pod_cidr
+        "lab {}  backend {}  cluster CIDR {}  underlay {}  external {}\n\n",
+        st.name, st.backend, st.cluster_cidr, st.underlay, st.external_ip
     );
-    let rows: Vec<[String; 4]> = std::iter::once([
-        "POD".to_string(),
-        "NODE".to_string(),
-        "IPS".to_string(),
-        "STATUS".to_string(),
-    ])
-    .chain(st.pods.iter().map(|p| {
-        let running = p.pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        [
+    let mut nodes = vec![vec![
+        "NODE".into(),
+        "IP".into(),
+        "POD CIDR".into(),
+        "AGENT".into(),
+    ]];
+    for n in &st.nodes {
+        nodes.push(vec![
+            n.name.clone(),
+            n.ip.to_string(),
+            subnets.get(&n.name).cloned().unwrap_or_else(|| "-".into()),
+            if alive(n.agent_pid) {
+                "Running"
+            } else {
+                "Stopped"
+            }
+            .into(),
+        ]);
+    }
+    out.push_str(&table(nodes));
+    out.push('\n');
+    let mut pods = vec![vec![
+        "POD".into(),
+        "NODE".into(),
+        "IPS".into(),
+        "STATUS".into(),
+    ]];
+    for p in &st.pods {
+        pods.push(vec![
             format!("{}/{}", p.namespace, p.name),
             p.node.clone(),
             p.ips.join(","),
-            if running { "Running" } else { "Exited" }.to_string(),
-        ]
-    }))
-    .collect();
-    let w: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    for r in rows {
-        out.push_str(&format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}\n",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2]
-        ));
+            if alive(p.pid) { "Running" } else { "Exited" }.into(),
+        ]);
     }
+    out.push_str(&table(pods));
     out
 }

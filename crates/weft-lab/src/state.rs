@@ -5,12 +5,17 @@ use crate::LabError;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::net::IpAddr;
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeState {
     pub name: String,
     pub netns: String,
+    pub ip: IpAddr,
+    /// The supervisor (a restart loop around `weft agent`); its process
+    /// group holds the agent.
+    pub agent_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,14 +29,20 @@ pub struct PodState {
     pub pid: Option<u32>,
     /// The CNI ADD result, handed back as prevResult on DEL.
     pub result: Value,
+    /// The conflist the pod was added with (DEL must use the same).
+    pub conflist: Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
-    pub node: NodeState,
-    pub pod_cidr: IpNet,
-    pub conflist: Value,
+    pub backend: String,
+    pub cluster_cidr: IpNet,
+    pub underlay: IpNet,
+    pub underlay_netns: String,
+    pub external_netns: String,
+    pub external_ip: IpAddr,
+    pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
 }
 

@@ -14,8 +14,14 @@ pub fn ruleset(cluster_cidrs: &[IpNet], node_ips: &[IpAddr]) -> String {
     let t = TABLE;
     let mut s = format!("add table inet {t}\n");
     for (v, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
-        let _ = writeln!(s, "add set inet {t} cluster{v} {{ type {ty}; flags interval; auto-merge; }}");
-        let _ = writeln!(s, "add set inet {t} nodes{v} {{ type {ty}; flags interval; auto-merge; }}");
+        let _ = writeln!(
+            s,
+            "add set inet {t} cluster{v} {{ type {ty}; flags interval; auto-merge; }}"
+        );
+        let _ = writeln!(
+            s,
+            "add set inet {t} nodes{v} {{ type {ty}; flags interval; auto-merge; }}"
+        );
         let _ = writeln!(s, "flush set inet {t} cluster{v}");
         let _ = writeln!(s, "flush set inet {t} nodes{v}");
     }
@@ -31,8 +37,16 @@ pub fn ruleset(cluster_cidrs: &[IpNet], node_ips: &[IpAddr]) -> String {
     sorted_n.sort();
     sorted_n.dedup();
     for (v, is4) in [("4", true), ("6", false)] {
-        let cs: Vec<String> = sorted_c.iter().filter(|c| c.addr().is_ipv4() == is4).map(|c| c.to_string()).collect();
-        let ns: Vec<String> = sorted_n.iter().filter(|n| n.is_ipv4() == is4).map(|n| n.to_string()).collect();
+        let cs: Vec<String> = sorted_c
+            .iter()
+            .filter(|c| c.addr().is_ipv4() == is4)
+            .map(|c| c.to_string())
+            .collect();
+        let ns: Vec<String> = sorted_n
+            .iter()
+            .filter(|n| n.is_ipv4() == is4)
+            .map(|n| n.to_string())
+            .collect();
         if !cs.is_empty() {
             let _ = writeln!(s, "add element inet {t} cluster{v} {{ {} }}", cs.join(", "));
         }
@@ -56,7 +70,10 @@ mod tests {
     fn golden() {
         let s = ruleset(
             &["10.244.0.0/16".parse().unwrap()],
-            &["172.30.0.12".parse().unwrap(), "172.30.0.11".parse().unwrap()],
+            &[
+                "172.30.0.12".parse().unwrap(),
+                "172.30.0.11".parse().unwrap(),
+            ],
         );
         let want = "add table inet weft
 add set inet weft cluster4 { type ipv4_addr; flags interval; auto-merge; }

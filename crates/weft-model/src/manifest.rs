@@ -20,7 +20,14 @@ pub enum ManifestError {
 }
 
 /// Kinds weft models; anything else is reported rather than silently kept.
-pub const KINDS: &[&str] = &["Node", "Pod", "Namespace", "Service", "EndpointSlice", "NetworkPolicy"];
+pub const KINDS: &[&str] = &[
+    "Node",
+    "Pod",
+    "Namespace",
+    "Service",
+    "EndpointSlice",
+    "NetworkPolicy",
+];
 
 fn decode<T: serde::de::DeserializeOwned>(
     v: serde_yaml::Value,
@@ -28,7 +35,10 @@ fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        err(if path == "." { "(object)".into() } else { path }, e.inner().to_string())
+        err(
+            if path == "." { "(object)".into() } else { path },
+            e.inner().to_string(),
+        )
     })
 }
 
@@ -42,15 +52,23 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
             field,
             msg,
         };
-        let v = serde_yaml::Value::deserialize(doc).map_err(|e| err("(document)".into(), e.to_string()))?;
+        let v = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| err("(document)".into(), e.to_string()))?;
         if v.is_null() {
             continue;
         }
-        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let kind = v
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
         let obj = match kind.as_str() {
             "" => return Err(err("kind".into(), "missing".into())),
             "List" => {
-                return Err(err("kind".into(), "List is not supported; use one document per object".into()))
+                return Err(err(
+                    "kind".into(),
+                    "List is not supported; use one document per object".into(),
+                ))
             }
             "Node" => Object::Node(Box::new(decode(v, &err)?)),
             "Pod" => Object::Pod(Box::new(decode(v, &err)?)),
@@ -72,7 +90,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
         }
         if let Object::Pod(p) = &obj {
             if p.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
-                return Err(err("spec.containers".into(), "at least one container is required".into()));
+                return Err(err(
+                    "spec.containers".into(),
+                    "at least one container is required".into(),
+                ));
             }
         }
         out.push(obj);
@@ -89,18 +110,27 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     };
     if !path.is_dir() {
         if !path.exists() {
-            return Err(read_err(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(read_err(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|e| read_err(&d, e))?.flatten() {
+        for e in std::fs::read_dir(&d)
+            .map_err(|e| read_err(&d, e))?
+            .flatten()
+        {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
+            } else if matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
                 out.push(p);
             }
         }
@@ -126,13 +156,16 @@ pub fn load(path: &Path) -> Result<Vec<Object>, ManifestError> {
 fn validate_name(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 63
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !n.starts_with('-')
         && !n.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(format!("{n:?} must be a DNS label (lower-case letters, digits and '-', at most 63)"))
+        Err(format!(
+            "{n:?} must be a DNS label (lower-case letters, digits and '-', at most 63)"
+        ))
     }
 }
 
@@ -148,15 +181,27 @@ mod tests {
         assert_eq!(objs[0].key().to_string(), "Pod/default/web");
         assert_eq!(objs[1].key().to_string(), "Node/node-1");
 
-        let bad = "kind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: c\n    command: 5\n";
+        let bad =
+            "kind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: c\n    command: 5\n";
         let e = parse(Path::new("x.yaml"), bad).unwrap_err().to_string();
-        assert!(e.starts_with("x.yaml (document 1): spec.containers[0].command:"), "{e}");
+        assert!(
+            e.starts_with("x.yaml (document 1): spec.containers[0].command:"),
+            "{e}"
+        );
 
-        let e = parse(Path::new("y.yaml"), "kind: Deployment\nmetadata: {name: d}\n").unwrap_err().to_string();
+        let e = parse(
+            Path::new("y.yaml"),
+            "kind: Deployment\nmetadata: {name: d}\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("kind: Deployment is not a kind"), "{e}");
-        let e = parse(Path::new("y.yaml"), "kind: Pod\nmetadata: {name: Web}\nspec: {containers: [{name: c}]}\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            Path::new("y.yaml"),
+            "kind: Pod\nmetadata: {name: Web}\nspec: {containers: [{name: c}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("metadata.name"), "{e}");
     }
 }

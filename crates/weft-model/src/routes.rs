@@ -34,8 +34,12 @@ impl std::str::FromStr for Backend {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "vxlan" => Ok(Backend::Vxlan { direct_routing: false }),
-            "vxlan-direct" => Ok(Backend::Vxlan { direct_routing: true }),
+            "vxlan" => Ok(Backend::Vxlan {
+                direct_routing: false,
+            }),
+            "vxlan-direct" => Ok(Backend::Vxlan {
+                direct_routing: true,
+            }),
             "host-gw" => Ok(Backend::HostGw),
             _ => Err(format!("backend {s:?}: use vxlan, vxlan-direct or host-gw")),
         }
@@ -45,8 +49,12 @@ impl std::str::FromStr for Backend {
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Backend::Vxlan { direct_routing: false } => "vxlan",
-            Backend::Vxlan { direct_routing: true } => "vxlan-direct",
+            Backend::Vxlan {
+                direct_routing: false,
+            } => "vxlan",
+            Backend::Vxlan {
+                direct_routing: true,
+            } => "vxlan-direct",
             Backend::HostGw => "host-gw",
         })
     }
@@ -177,11 +185,18 @@ pub fn compile(state: &ClusterState, local: &Local, backend: Backend) -> Desired
             mtu: local.underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
             underlay_dev: local.underlay_dev.clone(),
             addr: mine
-                .and_then(|m| m.pod_cidrs.iter().find(|c| c.addr().is_ipv4() == local.ip.is_ipv4()))
+                .and_then(|m| {
+                    m.pod_cidrs
+                        .iter()
+                        .find(|c| c.addr().is_ipv4() == local.ip.is_ipv4())
+                })
                 .and_then(|c| IpNet::new(c.network(), c.max_prefix_len()).ok()),
         });
     }
-    for v in views.iter().filter(|v| v.name != local.name && v.ip != local.ip) {
+    for v in views
+        .iter()
+        .filter(|v| v.name != local.name && v.ip != local.ip)
+    {
         let direct = match backend {
             Backend::HostGw => true,
             Backend::Vxlan { direct_routing } => direct_routing && local.underlay.contains(&v.ip),
@@ -231,7 +246,9 @@ mod tests {
         let y = format!(
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDRs: [{cidr}]}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n"
         );
-        crate::manifest::parse(std::path::Path::new("n.yaml"), &y).unwrap().remove(0)
+        crate::manifest::parse(std::path::Path::new("n.yaml"), &y)
+            .unwrap()
+            .remove(0)
     }
 
     fn cluster() -> ClusterState {
@@ -254,7 +271,13 @@ mod tests {
 
     #[test]
     fn vxlan_gives_route_neigh_fdb_per_remote() {
-        let d = compile(&cluster(), &local(), Backend::Vxlan { direct_routing: false });
+        let d = compile(
+            &cluster(),
+            &local(),
+            Backend::Vxlan {
+                direct_routing: false,
+            },
+        );
         let v = d.vxlan.unwrap();
         assert_eq!((v.vni, v.port, v.mtu), (1, 8472, 1450));
         assert_eq!(v.addr.unwrap().to_string(), "10.244.1.0/32");
@@ -270,13 +293,29 @@ mod tests {
     fn host_gw_routes_via_node_ips() {
         let d = compile(&cluster(), &local(), Backend::HostGw);
         assert!(d.vxlan.is_none() && d.neighs.is_empty() && d.fdb.is_empty());
-        let r: Vec<String> = d.routes.iter().map(|r| format!("{} via {}", r.dst, r.gw)).collect();
-        assert_eq!(r, ["10.244.2.0/24 via 172.30.0.12", "10.244.3.0/24 via 172.31.0.13"]);
+        let r: Vec<String> = d
+            .routes
+            .iter()
+            .map(|r| format!("{} via {}", r.dst, r.gw))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                "10.244.2.0/24 via 172.30.0.12",
+                "10.244.3.0/24 via 172.31.0.13"
+            ]
+        );
     }
 
     #[test]
     fn direct_routing_only_on_shared_subnet() {
-        let d = compile(&cluster(), &local(), Backend::Vxlan { direct_routing: true });
+        let d = compile(
+            &cluster(),
+            &local(),
+            Backend::Vxlan {
+                direct_routing: true,
+            },
+        );
         assert_eq!(d.routes[0].dev, Dev::Underlay);
         assert_eq!(d.routes[1].dev, Dev::Vxlan);
         assert_eq!(d.fdb.len(), 1);
@@ -287,7 +326,11 @@ mod tests {
         let mut s = cluster();
         s.apply(node("node-4", "172.30.0.14", "10.244.4.0/24"));
         let y = "apiVersion: v1\nkind: Node\nmetadata: {name: node-5}\n";
-        s.apply(crate::manifest::parse(std::path::Path::new("n.yaml"), y).unwrap().remove(0));
+        s.apply(
+            crate::manifest::parse(std::path::Path::new("n.yaml"), y)
+                .unwrap()
+                .remove(0),
+        );
         let d = compile(&s, &local(), Backend::HostGw);
         assert_eq!(d.routes.len(), 3);
     }

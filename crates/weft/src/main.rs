@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use weft_lab::{LabEnv, UpOptions};
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Kubernetes pod networking: the lab, and soon the agent, DNS and gateway")]
+#[command(
+    name = "weft",
+    version,
+    about = "Kubernetes pod networking: the lab, and soon the agent, DNS and gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -42,7 +46,11 @@ struct AgentArgs {
     #[arg(long, default_value = "vxlan")]
     backend: weft_model::routes::Backend,
     /// The cluster's pod CIDR(s).
-    #[arg(long = "cluster-cidr", default_value = "10.244.0.0/16", value_delimiter = ',')]
+    #[arg(
+        long = "cluster-cidr",
+        default_value = "10.244.0.0/16",
+        value_delimiter = ','
+    )]
     cluster_cidrs: Vec<ipnet::IpNet>,
     /// Prefix length of each node's pod subnet (standalone allocation).
     #[arg(long, default_value_t = 24)]
@@ -66,28 +74,50 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum LabCmd {
-    /// Create a node and one pod per Pod manifest in PATH.
+    /// Create the nodes (each with its agent), the underlay, the external
+    /// host, and one pod per Pod manifest in PATH.
     Up {
         #[arg(long, default_value = "weft")]
         name: String,
+        /// Number of nodes, named node-1..node-N (Node manifests in PATH
+        /// name them instead).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// vxlan, vxlan-direct or host-gw.
+        #[arg(long, default_value = "vxlan")]
+        backend: String,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: ipnet::IpNet,
         /// A manifest file or a directory of them.
         #[arg(short = 'f', long = "filename")]
         file: Option<PathBuf>,
-        /// The node's pod subnet.
-        #[arg(long, default_value = "10.244.1.0/24")]
-        pod_cidr: ipnet_arg::Net,
+    },
+    /// Create or change objects (Nodes, Pods, Services…) in a running lab.
+    Apply {
+        #[arg(long, default_value = "weft")]
+        name: String,
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the objects named in PATH from a running lab.
+    Delete {
+        #[arg(long, default_value = "weft")]
+        name: String,
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
     },
     /// Remove the lab and everything in it.
     Down {
         #[arg(long, default_value = "weft")]
         name: String,
     },
-    /// List the lab's pods, nodes and IPs.
+    /// Show nodes, subnets, pods and IPs.
     Status {
         #[arg(long, default_value = "weft")]
         name: String,
     },
-    /// Run a command in a pod (<namespace>/<pod>) or a node (node/<name>).
+    /// Run a command in a pod (<namespace>/<pod>), a node (node/<name>) or
+    /// the external host (external).
     Exec {
         #[arg(long, default_value = "weft")]
         name: String,
@@ -97,25 +127,6 @@ enum LabCmd {
     },
 }
 
-mod ipnet_arg {
-    /// A CIDR argument (clap needs FromStr + Clone).
-    #[derive(Clone, Debug)]
-    pub struct Net(pub String);
-    impl std::str::FromStr for Net {
-        type Err = String;
-        fn from_str(s: &str) -> Result<Self, String> {
-            let ok = s.split_once('/').is_some_and(|(a, p)| {
-                a.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok()
-            });
-            if ok {
-                Ok(Net(s.to_string()))
-            } else {
-                Err(format!("{s:?} is not a CIDR like 10.244.1.0/24"))
-            }
-        }
-    }
-}
-
 fn run(cli: Cli) -> Result<i32> {
     let env = LabEnv::system();
     match cli.cmd {
@@ -123,7 +134,9 @@ fn run(cli: Cli) -> Result<i32> {
             init_logs(&a.log_format);
             let source = match a.manifests {
                 Some(d) => weft_agent::SourceConfig::Dir(d),
-                None => weft_agent::SourceConfig::Kube { kubeconfig: a.kubeconfig },
+                None => weft_agent::SourceConfig::Kube {
+                    kubeconfig: a.kubeconfig,
+                },
             };
             weft_agent::run(weft_agent::AgentConfig {
                 node_name: a.node_name,
@@ -140,16 +153,36 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Lab { cmd } => match cmd {
-            LabCmd::Up { name, file, pod_cidr } => {
+            LabCmd::Up {
+                name,
+                nodes,
+                backend,
+                cluster_cidr,
+                file,
+            } => {
                 let st = weft_lab::up(
                     &env,
                     &UpOptions {
                         name,
+                        nodes,
+                        backend,
+                        cluster_cidr,
                         manifests: file,
-                        pod_cidr: pod_cidr.0.parse()?,
                     },
                 )?;
-                print!("{}", weft_lab::render_status(&st));
+                print!("{}", weft_lab::render_status(&env, &st));
+                Ok(0)
+            }
+            LabCmd::Apply { name, file } => {
+                for line in weft_lab::apply(&env, &name, &file)? {
+                    println!("{line}");
+                }
+                Ok(0)
+            }
+            LabCmd::Delete { name, file } => {
+                for line in weft_lab::delete(&env, &name, &file)? {
+                    println!("{line}");
+                }
                 Ok(0)
             }
             LabCmd::Down { name } => {
@@ -158,10 +191,17 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(0)
             }
             LabCmd::Status { name } => {
-                print!("{}", weft_lab::render_status(&weft_lab::status(&env, &name)?));
+                print!(
+                    "{}",
+                    weft_lab::render_status(&env, &weft_lab::status(&env, &name)?)
+                );
                 Ok(0)
             }
-            LabCmd::Exec { name, target, command } => Ok(weft_lab::exec(&env, &name, &target, &command)?),
+            LabCmd::Exec {
+                name,
+                target,
+                command,
+            } => Ok(weft_lab::exec(&env, &name, &target, &command)?),
         },
     }
 }
@@ -170,7 +210,9 @@ fn run(cli: Cli) -> Result<i32> {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {

@@ -31,7 +31,14 @@ impl Lab {
         require_root();
         let name = unique("lab");
         let lab = Lab(name);
-        ok(&["lab", "up", "--name", &lab.0, "-f", manifests.to_str().unwrap()]);
+        ok(&[
+            "lab",
+            "up",
+            "--name",
+            &lab.0,
+            "-f",
+            manifests.to_str().unwrap(),
+        ]);
         lab
     }
 
@@ -77,11 +84,14 @@ fn demo_pods_talk_and_down_removes_everything() {
     let web = lab.ip_of("default/web");
     let client = lab.ip_of("default/client");
     assert_ne!(web, client);
-    assert!(web.starts_with("10.244.1."), "{web}");
+    assert!(web.starts_with("10.244.0."), "{web}");
 
     let ping = lab.exec("default/client", &["ping", "-c", "1", "-W", "2", &web]);
     assert!(ping.status.success(), "pod -> pod ping failed");
-    let gw = lab.exec("default/client", &["ping", "-c", "1", "-W", "2", "10.244.1.1"]);
+    let gw = lab.exec(
+        "default/client",
+        &["ping", "-c", "1", "-W", "2", "10.244.0.1"],
+    );
     assert!(gw.status.success(), "pod -> node ping failed");
     let back = lab.exec("node/node-1", &["ping", "-c", "1", "-W", "2", &client]);
     assert!(back.status.success(), "node -> pod ping failed");
@@ -91,7 +101,14 @@ fn demo_pods_talk_and_down_removes_everything() {
     for _ in 0..50 {
         let o = lab.exec(
             "default/client",
-            &["timeout", "5", "busybox", "wget", "-qO-", &format!("http://{web}:8080/")],
+            &[
+                "timeout",
+                "5",
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://{web}:8080/"),
+            ],
         );
         body = String::from_utf8_lossy(&o.stdout).into_owned();
         if o.status.success() {
@@ -102,12 +119,25 @@ fn demo_pods_talk_and_down_removes_everything() {
     assert!(body.contains("hello from web"), "got {body:?}");
 
     // exec passes the command's exit code through.
-    assert_eq!(lab.exec("default/client", &["sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(
+        lab.exec("default/client", &["sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
 
     let name = lab.0.clone();
-    assert_eq!(namespaces_of(&name).len(), 3);
+    assert_eq!(
+        namespaces_of(&name).len(),
+        5,
+        "underlay, external, node-1 and two pods"
+    );
     ok(&["lab", "down", "--name", &name]);
-    assert!(namespaces_of(&name).is_empty(), "namespaces left: {:?}", namespaces_of(&name));
+    assert!(
+        namespaces_of(&name).is_empty(),
+        "namespaces left: {:?}",
+        namespaces_of(&name)
+    );
     assert!(!Path::new("/run/weft/labs").join(&name).exists());
     // A second down is harmless.
     ok(&["lab", "down", "--name", &name]);
@@ -133,7 +163,10 @@ fn bad_manifest_is_reported_by_file_and_field_and_changes_nothing() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!o.status.success());
-    assert!(err.contains("b.yaml") && err.contains("spec.containers[0].command"), "{err}");
+    assert!(
+        err.contains("b.yaml") && err.contains("spec.containers[0].command"),
+        "{err}"
+    );
     assert!(namespaces_of(&name).is_empty());
     assert!(!Path::new("/run/weft/labs").join(&name).exists());
 }
@@ -146,8 +179,14 @@ fn two_labs_run_side_by_side() {
     assert_eq!(a.ip_of("default/web"), b.ip_of("default/web"));
     for lab in [&a, &b] {
         let web = lab.ip_of("default/web");
-        assert!(lab.exec("default/client", &["ping", "-c", "1", "-W", "2", &web]).status.success());
+        assert!(lab
+            .exec("default/client", &["ping", "-c", "1", "-W", "2", &web])
+            .status
+            .success());
     }
     let dup = weft(&["lab", "up", "--name", &a.0, "-f", demo().to_str().unwrap()]);
-    assert!(!dup.status.success(), "a second up of a running lab must fail");
+    assert!(
+        !dup.status.success(),
+        "a second up of a running lab must fail"
+    );
 }
