@@ -2,76 +2,14 @@
 //! Each test uses its own lab name, so they run in parallel, and tears the
 //! lab down even when an assertion fails.
 
+mod common;
+
+use common::{namespaces_of, ok, weft, Lab};
 use std::path::Path;
-use std::process::{Command, Output};
 use weft_testkit::{require_root, unique};
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn weft(args: &[&str]) -> Output {
-    Command::new(WEFT).args(args).output().expect("run weft")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = weft(args);
-    assert!(
-        o.status.success(),
-        "weft {args:?} failed\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A lab that is taken down on drop.
-struct Lab(String);
-
-impl Lab {
-    fn up(manifests: &Path) -> Lab {
-        require_root();
-        let name = unique("lab");
-        let lab = Lab(name);
-        ok(&[
-            "lab",
-            "up",
-            "--name",
-            &lab.0,
-            "-f",
-            manifests.to_str().unwrap(),
-        ]);
-        lab
-    }
-
-    fn exec(&self, target: &str, cmd: &[&str]) -> Output {
-        let mut a = vec!["lab", "exec", "--name", &self.0, target, "--"];
-        a.extend_from_slice(cmd);
-        weft(&a)
-    }
-
-    fn ip_of(&self, pod: &str) -> String {
-        let s = ok(&["lab", "status", "--name", &self.0]);
-        s.lines()
-            .find(|l| l.split_whitespace().next() == Some(pod))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .unwrap_or_else(|| panic!("{pod} not in status:\n{s}"))
-            .to_string()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = weft(&["lab", "down", "--name", &self.0]);
-    }
-}
-
-fn namespaces_of(lab: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("weft-{lab}.")))
-        .collect()
+fn up(manifests: &Path) -> Lab {
+    Lab::up(&["-f", manifests.to_str().unwrap()])
 }
 
 fn demo() -> &'static Path {
@@ -80,7 +18,7 @@ fn demo() -> &'static Path {
 
 #[test]
 fn demo_pods_talk_and_down_removes_everything() {
-    let lab = Lab::up(demo());
+    let lab = up(demo());
     let web = lab.ip_of("default/web");
     let client = lab.ip_of("default/client");
     assert_ne!(web, client);
@@ -173,8 +111,8 @@ fn bad_manifest_is_reported_by_file_and_field_and_changes_nothing() {
 
 #[test]
 fn two_labs_run_side_by_side() {
-    let a = Lab::up(demo());
-    let b = Lab::up(demo());
+    let a = up(demo());
+    let b = up(demo());
     // Same addresses in each, isolated from each other.
     assert_eq!(a.ip_of("default/web"), b.ip_of("default/web"));
     for lab in [&a, &b] {

@@ -1,0 +1,266 @@
+//! Issue 3's proof: the Kubernetes network model across nodes, with real
+//! packets, on 3-node labs, for each backend.
+
+mod common;
+
+use common::{eventually, pods_yaml, write_temp, Lab};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PODS: &[(&str, &str)] = &[
+    ("a1", "node-1"),
+    ("a2", "node-1"),
+    ("b1", "node-2"),
+    ("b2", "node-2"),
+    ("c1", "node-3"),
+    ("c2", "node-3"),
+];
+
+fn lab3(backend: &str) -> Lab {
+    let f = write_temp(&pods_yaml(PODS));
+    let lab = Lab::up(&[
+        "--nodes",
+        "3",
+        "--backend",
+        backend,
+        "-f",
+        f.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(f);
+    lab
+}
+
+/// Starts a one-shot TCP server in `target` that answers with the peer's
+/// address, and returns what `client` sees when it connects.
+fn peer_seen(lab: &Lab, server: &str, server_ip: &str, client: &str, port: u16) -> String {
+    let srv = Command::new(common::WEFT)
+        .args(["lab", "exec", "--name", &lab.0, server, "--"])
+        .args([
+            "socat",
+            "-T3",
+            &format!("TCP-LISTEN:{port},reuseaddr"),
+            "SYSTEM:echo $SOCAT_PEERADDR",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let mut seen = String::new();
+    eventually(3, || {
+        let o = lab.exec(
+            client,
+            &["socat", "-T2", "-", &format!("TCP:{server_ip}:{port}")],
+        );
+        seen = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        !seen.is_empty()
+    });
+    let mut srv = srv;
+    let _ = srv.kill();
+    let _ = srv.wait();
+    seen
+}
+
+fn model_holds(backend: &str) {
+    let lab = lab3(backend);
+    let ips: Vec<(String, String)> = PODS
+        .iter()
+        .map(|(p, _)| (format!("default/{p}"), lab.ip_of(&format!("default/{p}"))))
+        .collect();
+
+    // Every pod pings every other pod.
+    for (from, _) in &ips {
+        let targets: Vec<&str> = ips
+            .iter()
+            .filter(|(p, _)| p != from)
+            .map(|(_, ip)| ip.as_str())
+            .collect();
+        let script = format!(
+            "for ip in {}; do ping -c1 -W2 $ip >/dev/null || {{ echo unreachable $ip; exit 1; }}; done",
+            targets.join(" ")
+        );
+        lab.sh(from, &script);
+    }
+
+    // No NAT between pods: the server sees the client pod's own IP, on the
+    // same node and across nodes.
+    let a1 = &ips[0].1;
+    let a2 = &ips[1].1;
+    let b1 = &ips[2].1;
+    assert_eq!(
+        peer_seen(&lab, "default/a2", a2, "default/a1", 7001),
+        *a1,
+        "same node"
+    );
+    assert_eq!(
+        peer_seen(&lab, "default/b1", b1, "default/a1", 7002),
+        *a1,
+        "cross node"
+    );
+
+    // Pod -> node keeps the pod's IP; node -> pod works (both directions,
+    // local and remote node).
+    let n2 = lab.node_ip("node-2");
+    assert_eq!(
+        peer_seen(&lab, "node/node-2", &n2, "default/a1", 7003),
+        *a1,
+        "pod -> remote node"
+    );
+    assert!(lab.ping("node/node-1", a1), "node -> local pod");
+    assert!(lab.ping("node/node-1", b1), "node -> remote pod");
+    let seen = peer_seen(&lab, "default/b1", b1, "node/node-1", 7004);
+    let node1_addrs = lab.sh(
+        "node/node-1",
+        "ip -o addr show | awk '{print $4}' | cut -d/ -f1",
+    );
+    assert!(
+        node1_addrs.lines().any(|a| a == seen),
+        "node -> pod arrived from {seen}, not one of node-1's own addresses:\n{node1_addrs}"
+    );
+
+    // Pod -> external is masqueraded to the node's IP, and replies return.
+    let n1 = lab.node_ip("node-1");
+    assert_eq!(
+        peer_seen(&lab, "external", "172.30.0.254", "default/a1", 7005),
+        n1,
+        "egress NAT"
+    );
+    assert!(lab.ping("default/c2", "172.30.0.254"));
+}
+
+#[test]
+fn vxlan_model_holds() {
+    model_holds("vxlan");
+}
+
+#[test]
+fn host_gw_model_holds() {
+    model_holds("host-gw");
+}
+
+fn routing_entries(lab: &Lab, node: &str) -> String {
+    lab.sh(
+        &format!("node/{node}"),
+        "ip route show proto 87; ip neigh show dev weft.1 2>/dev/null | grep PERMANENT; bridge fdb show dev weft.1 2>/dev/null | grep permanent; true",
+    )
+}
+
+#[test]
+fn nodes_join_and_leave() {
+    let lab = lab3("vxlan");
+    let a1 = "default/a1";
+    let out = lab.apply(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-4}}\n---\n{}",
+        pods_yaml(&[("d1", "node-4")])
+    ));
+    assert!(out.contains("node/node-4 created"), "{out}");
+    let d1 = lab.ip_of("default/d1");
+    assert!(
+        eventually(5, || lab.ping(a1, &d1)),
+        "pod on the new node unreachable"
+    );
+    let n4 = lab.node_ip("node-4");
+    for n in ["node-1", "node-2", "node-3"] {
+        let e = routing_entries(&lab, n);
+        assert!(e.contains(&n4), "{n} has no FDB entry for node-4:\n{e}");
+    }
+
+    lab.delete("apiVersion: v1\nkind: Node\nmetadata: {name: node-4}\n");
+    for n in ["node-1", "node-2", "node-3"] {
+        assert!(
+            eventually(5, || {
+                let e = routing_entries(&lab, n);
+                !e.contains(&n4) && !e.contains("10.244.3.")
+            }),
+            "{n} still routes to node-4:\n{}",
+            routing_entries(&lab, n)
+        );
+        // Exactly the two other nodes remain: 2 routes, 2 neighbours, 2 FDB.
+        assert_eq!(routing_entries(&lab, n).lines().count(), 6, "{n}");
+    }
+}
+
+#[test]
+fn agent_restart_loses_no_packets_and_converges_without_duplicates() {
+    let lab = lab3("vxlan");
+    let b1 = lab.ip_of("default/b1");
+    // node-2's agent is killed (-9) 300 ms into a flood of 1000 pings at
+    // 2 ms intervals (2 s) from node-1 to node-2.
+    let lab_name = lab.0.clone();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let pat = format!("agent --node-name node-2 --manifests /run/weft/labs/{lab_name}/");
+        Command::new("pkill")
+            .args(["-9", "-f", &pat])
+            .status()
+            .unwrap()
+            .success()
+    });
+    let flood = Command::new(common::WEFT)
+        .args(["lab", "exec", "--name", &lab.0, "default/a1", "--"])
+        .args(["ping", "-q", "-i", "0.002", "-c", "1000", "-W", "1", &b1])
+        .output();
+    assert!(killer.join().unwrap(), "no agent process matched");
+    let flood = flood.expect("ping");
+    let text = String::from_utf8_lossy(&flood.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "packets lost across an agent restart:\n{text}"
+    );
+
+    // The supervisor restarted the agent; it converges to exactly the same
+    // entries, without duplicates.
+    let log = lab.dir().join("nodes/node-2/agent.log");
+    assert!(
+        eventually(10, || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("serving /healthz")
+            .count()
+            >= 2),
+        "agent was not restarted"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let e = routing_entries(&lab, "node-2");
+    assert_eq!(e.lines().count(), 6, "node-2 after restart:\n{e}");
+    let healthz = lab.sh(
+        "node/node-2",
+        "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:9105",
+    );
+    assert!(healthz.contains("200 OK"), "{healthz}");
+}
+
+#[test]
+fn bad_manifest_keeps_last_good_state_and_is_reported() {
+    let lab = lab3("host-gw");
+    let before = routing_entries(&lab, "node-1");
+    // Break node-3's manifest in place (as a user editing the state dir).
+    let f = lab.dir().join("cluster/node/node-3.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: Node_3\n",
+    )
+    .unwrap();
+    let log = lab.dir().join("nodes/node-1/agent.log");
+    assert!(
+        eventually(5, || {
+            let l = std::fs::read_to_string(&log).unwrap_or_default();
+            l.contains("node-3.yaml") && l.contains("metadata.name")
+        }),
+        "the error does not name the file and field:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        routing_entries(&lab, "node-1"),
+        before,
+        "the last good state must stay in force"
+    );
+    let c1 = lab.ip_of("default/c1");
+    assert!(lab.ping("default/a1", &c1));
+    let metrics = lab.sh(
+        "node/node-1",
+        "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:9105",
+    );
+    assert!(
+        metrics.contains("weft_agent_manifest_errors_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weft_agent_ready 1"), "{metrics}");
+}
