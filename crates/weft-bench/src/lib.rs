@@ -169,6 +169,13 @@ fn push(rows: &mut Vec<Row>, subject: Subject, mode: Mode, add: Vec<Duration>, d
     }
 }
 
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// The machine, for the report header.
 pub fn machine() -> (String, usize, String) {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -79,6 +79,7 @@ fn run(a: Args) -> Result<()> {
         reference_dir: a.reference_dir,
         subjects: Subject::ALL.to_vec(),
     };
+    let load_before = weft_bench::loadavg();
     let rows = weft_bench::run(&opts, &stop)?;
     let (kernel, cpus, cpu_model) = weft_bench::machine();
     let meta = report::Meta {
@@ -89,6 +90,8 @@ fn run(a: Args) -> Result<()> {
         pods,
         parallel,
         rounds,
+        load_before,
+        load_after: weft_bench::loadavg(),
     };
     if a.json {
         println!("{:#}", report::json(&meta, &rows));

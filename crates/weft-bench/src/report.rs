@@ -57,6 +57,10 @@ pub struct Meta {
     pub pods: usize,
     pub parallel: usize,
     pub rounds: usize,
+    /// `/proc/loadavg` before and after: other work on the machine shows
+    /// up in every figure, so a busy run should be re-run.
+    pub load_before: String,
+    pub load_after: String,
 }
 
 /// The ratios of one row's median to its comparison points.
@@ -152,6 +156,11 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
         s,
         "Machine: {} CPUs ({}), Linux {}  ",
         meta.cpus, meta.cpu_model, meta.kernel
+    );
+    let _ = writeln!(
+        s,
+        "Load average (1/5/15 min) before: {}, after: {}  ",
+        meta.load_before, meta.load_after
     );
     let _ = writeln!(
         s,
@@ -275,6 +284,8 @@ mod tests {
             pods: 10,
             parallel: 20,
             rounds: 1,
+            load_before: "0.1 0.1 0.1".into(),
+            load_after: "0.2 0.1 0.1".into(),
         };
         let md = markdown(&meta, &sample());
         assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 6);
