@@ -117,10 +117,10 @@ pub fn skeleton() -> String {
 
 fn elements(p: &PodNat, verb: &str) -> String {
     let t = TABLE;
-    let mut s = String::new();
+    let mut lines: Vec<String> = Vec::new();
     for ip in &p.masq {
         let (v, _) = fam(ip);
-        let _ = writeln!(s, "{verb} element inet {t} masq{v} {{ {ip} }}");
+        lines.push(format!("{verb} element inet {t} masq{v} {{ {ip} }}"));
     }
     for ip in &p.masq {
         // A subnet shared by many pods is one element; only ADD adds it, and
@@ -128,7 +128,7 @@ fn elements(p: &PodNat, verb: &str) -> String {
         if verb == "add" {
             for n in p.nets.iter().filter(|n| n.addr().is_ipv4() == ip.is_ipv4()) {
                 let (v, _) = fam(ip);
-                let _ = writeln!(s, "add element inet {t} nets{v} {{ {} }}", n.trunc());
+                lines.push(format!("add element inet {t} nets{v} {{ {} }}", n.trunc()));
             }
         }
     }
@@ -136,27 +136,31 @@ fn elements(p: &PodNat, verb: &str) -> String {
         let (v, _) = fam(&hp.pod_ip);
         let proto = hp.protocol.to_ascii_lowercase();
         let target = format!("{} . {}", hp.pod_ip, hp.container_port);
-        match hp.host_ip {
-            Some(h) => {
-                let _ = writeln!(
-                    s,
-                    "{verb} element inet {t} hpip{v} {{ {h} . {proto} . {} : {target} }}",
-                    hp.host_port
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "{verb} element inet {t} hp{v} {{ {proto} . {} : {target} }}",
-                    hp.host_port
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
+        lines.push(match hp.host_ip {
+            Some(h) => format!(
+                "{verb} element inet {t} hpip{v} {{ {h} . {proto} . {} : {target} }}",
+                hp.host_port
+            ),
+            None => format!(
+                "{verb} element inet {t} hp{v} {{ {proto} . {} : {target} }}",
+                hp.host_port
+            ),
+        });
+        lines.push(format!(
             "{verb} element inet {t} hairpin{v} {{ {0} . {0} }}",
             hp.pod_ip
-        );
+        ));
+    }
+    // Each element once: a pod with several hostPorts shares one hairpin
+    // element, and a second `delete` of the same element would fail the
+    // whole transaction (ENOENT) and leave every element in place.
+    let mut seen = std::collections::HashSet::new();
+    let mut s = String::new();
+    for l in lines {
+        if seen.insert(l.clone()) {
+            s.push_str(&l);
+            s.push('\n');
+        }
     }
     s
 }
@@ -218,6 +222,25 @@ mod tests {
         let adds = s.lines().filter(|l| l.starts_with("add ")).count();
         let dels = s.lines().filter(|l| l.starts_with("delete ")).count();
         assert_eq!((adds, dels), (4, 4));
+    }
+
+    #[test]
+    fn each_element_appears_once() {
+        let mut p = pod();
+        let mut second = p.ports[0].clone();
+        second.host_port = 8443;
+        second.container_port = 443;
+        p.ports.push(second);
+        p.ports.push(p.ports[0].clone());
+        let s = del_elements(&p);
+        assert_eq!(
+            s.matches("delete element inet weft-cni hairpin4").count(),
+            1
+        );
+        assert_eq!(s.matches("delete element inet weft-cni hp4").count(), 2);
+        let lines: Vec<&str> = s.lines().collect();
+        let unique: std::collections::HashSet<&str> = lines.iter().copied().collect();
+        assert_eq!(unique.len(), lines.len(), "{s}");
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub fn invalid_config(msg: impl Into<String>) -> CniError {
     CniError::new(Code::InvalidConfig, msg)
 }
 
+/// Error 7 naming the offending field.
+pub fn invalid_config_path(field: &str, msg: impl std::fmt::Display) -> CniError {
+    CniError::new(Code::InvalidConfig, format!("{field}: {msg}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,9 +101,4 @@ mod tests {
         let e = e.with_details("x");
         assert!(e.to_json("1.0.0").ends_with(r#""details":"x"}"#));
     }
-}
-
-/// Error 7 naming the offending field.
-pub fn invalid_config_path(field: &str, msg: impl std::fmt::Display) -> CniError {
-    CniError::new(Code::InvalidConfig, format!("{field}: {msg}"))
 }
