@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 const LINE_BREAK: &str = "\r\n";
 const RECORDS: &str = "weft";
+/// Prefix of files being written; never a reservation or a record.
+const TMP: &str = ".tmp-";
 
 /// An open, locked network directory. The lock is released on drop.
 pub struct IpamStore {
@@ -78,7 +80,7 @@ impl IpamStore {
     fn create_exclusive(&self, path: &Path, content: &str) -> Result<bool, KernelError> {
         let tmp = self
             .dir
-            .join(format!(".tmp-{}-{}", std::process::id(), rand_suffix()));
+            .join(format!("{TMP}{}-{}", std::process::id(), rand_suffix()));
         {
             let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
             f.write_all(content.as_bytes()).map_err(io("write", &tmp))?;
@@ -152,11 +154,12 @@ impl IpamStore {
         Ok(out)
     }
 
-    /// Removes temp files a killed writer left behind.
+    /// Removes temp files a killed writer left behind, of reservations and
+    /// of records.
     pub fn sweep_temps(&self) {
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+        for d in [self.dir.clone(), self.dir.join(RECORDS)] {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(TMP) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -169,7 +172,12 @@ impl IpamStore {
 
     pub fn put_record(&self, id: &str, ifname: &str, content: &str) -> Result<(), KernelError> {
         let p = self.record_path(id, ifname);
-        let tmp = p.with_extension("tmp");
+        // A prefix, not an extension: record names contain dots, and no
+        // record name starts with '.'.
+        let tmp = self
+            .dir
+            .join(RECORDS)
+            .join(format!("{TMP}{}", record_name(id, ifname)));
         fs::write(&tmp, content).map_err(io("write", &tmp))?;
         fs::rename(&tmp, &p).map_err(io("rename", &p))
     }
@@ -193,7 +201,7 @@ impl IpamStore {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(TMP))
             .filter_map(|e| fs::read_to_string(e.path()).ok())
             .collect()
     }
@@ -246,6 +254,12 @@ mod tests {
         let d = tmpdir();
         let s = IpamStore::open(&d, "net").unwrap();
         s.put_record("x/../y", "eth0", "{}").unwrap();
+        s.put_record("a", "b.tmp", "{}").unwrap();
+        fs::write(d.join("net/weft/.tmp-a_eth0"), "torn").unwrap();
+        assert_eq!(s.records().len(), 2);
+        s.sweep_temps();
+        assert!(!d.join("net/weft/.tmp-a_eth0").exists());
+        s.del_record("a", "b.tmp").unwrap();
         assert_eq!(s.get_record("x/../y", "eth0").as_deref(), Some("{}"));
         assert_eq!(s.records().len(), 1);
         s.del_record("x/../y", "eth0").unwrap();

@@ -51,3 +51,24 @@ pub fn apply(script: &str) -> Result<(), KernelError> {
 pub fn is_missing(e: &KernelError) -> bool {
     matches!(e, KernelError::Nft(m) if m.contains("No such file or directory"))
 }
+
+/// Whether `table <family> <name>` exists. `nft list tables` prints names
+/// only, so this stays cheap however many elements the table holds. An
+/// ENOENT from a script can mean a missing table *or* a missing element;
+/// this tells the two apart.
+pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
+    let out = Command::new(binary())
+        .args(["list", "tables", family])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| KernelError::io("exec nft", e))?;
+    if !out.status.success() {
+        return Err(KernelError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let want = format!("table {family} {name}");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == want))
+}
