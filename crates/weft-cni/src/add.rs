@@ -13,6 +13,7 @@ use std::path::Path;
 use weft_core::cni::config::invalid_config_path;
 use weft_core::cni::{CniError, CniResult, Code, Interface, NetConf, Route, Version};
 use weft_core::nft::{HostPort, PodNat};
+use weft_kernel::ipam_store::IpamStore;
 use weft_kernel::net::{parse_mac, Net};
 use weft_kernel::netns::NetNs;
 use weft_kernel::{nft, sysctl};
@@ -63,19 +64,8 @@ pub fn add(
         let a = Allocation { ips, routes, dns };
         // The record goes down while the lock is held, before any kernel
         // change, so a crash at any later point is undone by DEL or GC.
-        let record = Record {
-            container_id: id.to_string(),
-            ifname: ifname.to_string(),
-            netns: netns_path.to_string(),
-            host_veth: host_veth_name(id, ifname),
-            ips: a.ips.iter().map(|i| i.address).collect(),
-            nat: nat_plan(conf, &a),
-        };
-        if let Err(e) = store.put_record(
-            id,
-            ifname,
-            &serde_json::to_string(&record).unwrap_or_default(),
-        ) {
+        if let Err(e) = store.put_record(id, ifname, &record_json(id, ifname, netns_path, conf, &a))
+        {
             for ip in &a.ips {
                 let _ = store.release(ip.address.addr(), id, ifname);
             }
@@ -83,18 +73,36 @@ pub fn add(
         }
         a
     } else {
+        // Delegated IPAM keeps its own state, but the veth and the NAT
+        // elements are ours: they get a record too, so a DEL without
+        // prevResult, or a GC, can still undo them.
+        let store =
+            IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
+        if store.get_record(id, ifname).is_some() {
+            return Err(already_attached(conf, id, ifname));
+        }
+        drop(store); // the IPAM plugin may be slow; do not hold the lock
         let r = ipam::delegate(env, conf, "ADD", stdin)?.unwrap_or_default();
         if r.ips.is_empty() {
+            let _ = ipam::delegate_quiet(env, conf, "DEL", stdin);
             return Err(CniError::new(
                 Code::Internal,
                 "ipam plugin returned no addresses",
             ));
         }
-        Allocation {
+        let a = Allocation {
             ips: r.ips,
             routes: r.routes,
             dns: r.dns,
+        };
+        let written = IpamStore::open(&conf.data_dir(), &conf.name).and_then(|store| {
+            store.put_record(id, ifname, &record_json(id, ifname, netns_path, conf, &a))
+        });
+        if let Err(e) = written {
+            let _ = ipam::delegate_quiet(env, conf, "DEL", stdin);
+            return Err(kernel_err("write attachment record")(e));
         }
+        a
     };
 
     let mut done = Done::default();
@@ -140,16 +148,41 @@ fn rollback(
             }
         }
     }
-    if conf.ipam_is_builtin() {
-        if let Ok(store) = weft_kernel::ipam_store::IpamStore::open(&conf.data_dir(), &conf.name) {
+    if let Ok(store) = IpamStore::open(&conf.data_dir(), &conf.name) {
+        if conf.ipam_is_builtin() {
             for ip in &alloc.ips {
                 let _ = store.release(ip.address.addr(), id, ifname);
             }
-            let _ = store.del_record(id, ifname);
         }
-    } else {
+        let _ = store.del_record(id, ifname);
+    }
+    if !conf.ipam_is_builtin() {
         let _ = ipam::delegate_quiet(env, conf, "DEL", stdin);
     }
+}
+
+/// The refusal of a second ADD for an attachment that exists: going on
+/// would collide with, and on rollback delete, the first one's veth.
+pub fn already_attached(conf: &NetConf, id: &str, ifname: &str) -> CniError {
+    CniError::new(
+        Code::Internal,
+        format!(
+            "container {id} interface {ifname} is already attached to network {}; DEL it first",
+            conf.name
+        ),
+    )
+}
+
+fn record_json(id: &str, ifname: &str, netns: &str, conf: &NetConf, a: &Allocation) -> String {
+    let record = Record {
+        container_id: id.to_string(),
+        ifname: ifname.to_string(),
+        netns: netns.to_string(),
+        host_veth: host_veth_name(id, ifname),
+        ips: a.ips.iter().map(|i| i.address).collect(),
+        nat: nat_plan(conf, a),
+    };
+    serde_json::to_string(&record).unwrap_or_default()
 }
 
 /// The NAT elements this attachment needs: its addresses for ipMasq, and

@@ -76,20 +76,35 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             errors.push(format!("remove record: {e}"));
         }
     } else {
-        let prev: Vec<IpConfig> = conf
-            .prev_result
-            .as_ref()
-            .and_then(|p| CniResult::from_json(p).ok())
-            .map(|r| r.ips)
-            .unwrap_or_default();
-        let record = Record {
-            host_veth: host_veth_name(id, ifname),
-            nat: nat_for(conf, &prev),
-            ..Default::default()
-        };
+        // ADD's record if there is one; else what prevResult says.
+        let stored = IpamStore::open(&conf.data_dir(), &conf.name)
+            .ok()
+            .and_then(|store| store.get_record(id, ifname))
+            .as_deref()
+            .and_then(Record::parse);
+        let record = stored.unwrap_or_else(|| {
+            let prev: Vec<IpConfig> = conf
+                .prev_result
+                .as_ref()
+                .and_then(|p| CniResult::from_json(p).ok())
+                .map(|r| r.ips)
+                .unwrap_or_default();
+            Record {
+                host_veth: host_veth_name(id, ifname),
+                nat: nat_for(conf, &prev),
+                ..Default::default()
+            }
+        });
         teardown(&record, &mut errors);
         if let Err(e) = ipam::delegate_quiet(env, conf, "DEL", stdin) {
             errors.push(e.msg);
+        }
+        // A store that cannot be opened holds no record: ADD would have
+        // failed to write one. That is no reason to fail DEL.
+        if let Ok(store) = IpamStore::open(&conf.data_dir(), &conf.name) {
+            if let Err(e) = store.del_record(id, ifname) {
+                errors.push(format!("remove record: {e}"));
+            }
         }
     }
     if errors.is_empty() {
@@ -136,11 +151,14 @@ pub fn teardown(record: &Record, errors: &mut Vec<String>) {
 
 /// Removes NAT elements. One transaction normally; if that fails (say a
 /// hostPort was since taken by another pod), element by element, so what
-/// is ours still goes.
+/// is ours still goes. Only a missing table (after a reboot) means there is
+/// nothing to remove: ENOENT alone may name a single element.
 pub fn remove_nat(nat: &PodNat) {
     match nft::apply(&weft_core::nft::del_elements(nat)) {
         Ok(()) => {}
-        Err(e) if nft::is_missing(&e) => {}
+        Err(e)
+            if nft::is_missing(&e)
+                && !nft::table_exists("inet", weft_core::nft::TABLE).unwrap_or(true) => {}
         Err(_) => {
             let one = |p: PodNat| {
                 let _ = nft::apply(&weft_core::nft::del_elements(&p));

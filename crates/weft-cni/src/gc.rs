@@ -21,12 +21,11 @@ pub fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    if !conf.ipam_is_builtin() {
-        return ipam::delegate_quiet(env, conf, "GC", stdin);
-    }
+    let builtin = conf.ipam_is_builtin();
     let store = IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
     store.sweep_temps();
     let mut errors = Vec::new();
+    // Records exist for delegated IPAM too: the veth and NAT are ours.
     for rec in store.records().iter().filter_map(|t| Record::parse(t)) {
         if valid.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
             continue;
@@ -34,16 +33,24 @@ pub fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         teardown(&rec, &mut errors);
         let _ = store.del_record(&rec.container_id, &rec.ifname);
     }
-    for (ip, id, ifname) in store
-        .reservations()
-        .map_err(kernel_err("scan reservations"))?
-    {
-        if !valid.contains(&(id.clone(), ifname.clone())) {
-            // An empty or unreadable file is a torn reservation: free it.
-            let p = store.dir().join(ip.to_string());
-            if let Err(e) = std::fs::remove_file(&p) {
-                errors.push(format!("release {ip}: {e}"));
+    if builtin {
+        for (ip, id, ifname) in store
+            .reservations()
+            .map_err(kernel_err("scan reservations"))?
+        {
+            if !valid.contains(&(id.clone(), ifname.clone())) {
+                // An empty or unreadable file is a torn reservation: free it.
+                let p = store.dir().join(ip.to_string());
+                if let Err(e) = std::fs::remove_file(&p) {
+                    errors.push(format!("release {ip}: {e}"));
+                }
             }
+        }
+    }
+    drop(store);
+    if !builtin {
+        if let Err(e) = ipam::delegate_quiet(env, conf, "GC", stdin) {
+            errors.push(e.msg);
         }
     }
     if errors.is_empty() {

@@ -61,10 +61,7 @@ pub fn builtin_add(
     }
     let store = IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
     if store.get_record(id, ifname).is_some() {
-        return Err(CniError::new(
-            Code::Internal,
-            format!("container {id} interface {ifname} already has an address on network {}; DEL it first", conf.name),
-        ));
+        return Err(crate::add::already_attached(conf, id, ifname));
     }
     let mut got: Vec<IpConfig> = Vec::new();
     let undo = |store: &IpamStore, got: &[IpConfig]| {
