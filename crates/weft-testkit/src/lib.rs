@@ -69,7 +69,10 @@ impl Netns {
 
     /// Runs a shell snippet inside the namespace and returns its output.
     pub fn sh(&self, script: &str) -> Output {
-        self.cmd("sh").args(["-c", script]).output().expect("spawn sh")
+        self.cmd("sh")
+            .args(["-c", script])
+            .output()
+            .expect("spawn sh")
     }
 
     /// Like `sh`, but panics with the output unless it succeeds.
@@ -88,7 +91,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(o) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
@@ -106,7 +112,11 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built; run the suite with cargo test --workspace", p.display());
+    assert!(
+        p.exists(),
+        "{} not built; run the suite with cargo test --workspace",
+        p.display()
+    );
     p
 }
 
@@ -121,8 +131,12 @@ pub struct PluginRun {
 impl PluginRun {
     /// The stdout as JSON; panics if it is anything else.
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// The error code of a failed run.
@@ -147,7 +161,10 @@ pub fn run_plugin(
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
-        .env("CNI_PATH", format!("{}:/usr/lib/cni", plugin.parent().unwrap().display()));
+        .env(
+            "CNI_PATH",
+            format!("{}:/usr/lib/cni", plugin.parent().unwrap().display()),
+        );
     for (k, v) in env {
         c.env(k, v);
     }
@@ -163,6 +180,50 @@ pub fn run_plugin(
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
+    let o = child.wait_with_output().expect("wait plugin");
+    PluginRun {
+        success: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Starts a plugin exactly as `run_plugin` does but returns at once, with
+/// the config already written and stdin closed, so a test can run many at
+/// the same time or kill one mid-flight. Collect it with `finish`.
+pub fn spawn_plugin(
+    host_ns: &Netns,
+    plugin: &Path,
+    command: &str,
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> std::process::Child {
+    use std::io::Write;
+    let mut c = host_ns.cmd(plugin);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env(
+            "CNI_PATH",
+            format!("{}:/usr/lib/cni", plugin.parent().unwrap().display()),
+        );
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    // A config is far smaller than a pipe buffer: this never blocks, even
+    // if the child is killed before it reads.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child
+}
+
+/// Waits for a plugin started with `spawn_plugin`.
+pub fn finish(child: std::process::Child) -> PluginRun {
     let o = child.wait_with_output().expect("wait plugin");
     PluginRun {
         success: o.status.success(),
