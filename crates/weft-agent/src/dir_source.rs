@@ -2,6 +2,9 @@
 //! watched for changes. Directories whose name starts with '.' hold weft's
 //! own bookkeeping and are not read as manifests.
 //!
+//! Pod subnets allocated in standalone mode (`.weft/podcidrs.json`) are
+//! folded into the Nodes they belong to, as the API server would hold them.
+//!
 //! A file that fails to parse is reported (file, document, field) and its
 //! last good contents stay in force; the rest of the directory still
 //! applies.
@@ -80,6 +83,11 @@ impl DirSource {
         let mut dirs = Vec::new();
         let mut paths = Vec::new();
         walk(&self.root, &mut dirs, &mut paths);
+        // Subnet allocations are part of the cluster's state (in Kubernetes
+        // they are Node.spec.podCIDRs): watch them like the manifests, so a
+        // node's new subnet reaches every agent at once.
+        let allocs = crate::subnet::Allocations::new(&self.root);
+        dirs.push(allocs.dir().to_path_buf());
         self.dir_stamps = dirs
             .into_iter()
             .map(|d| {
@@ -118,6 +126,7 @@ impl DirSource {
                 state.apply(o.clone());
             }
         }
+        crate::subnet::overlay(&mut state, &allocs.read());
         if self.last.as_ref() == Some(&state) {
             return None;
         }

@@ -21,6 +21,10 @@ impl Allocations {
         }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn file(&self) -> PathBuf {
         self.dir.join("podcidrs.json")
     }
