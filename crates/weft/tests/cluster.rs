@@ -147,21 +147,23 @@ fn routing_entries(lab: &Lab, node: &str) -> String {
 fn nodes_join_and_leave() {
     let lab = lab3("vxlan");
     let a1 = "default/a1";
-    let out = lab.apply(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-4}}\n---\n{}",
-        pods_yaml(&[("d1", "node-4")])
-    ));
+    // A node with no pods yet: its subnet alone must reach every agent.
+    let out = lab.apply("apiVersion: v1\nkind: Node\nmetadata: {name: node-4}\n");
     assert!(out.contains("node/node-4 created"), "{out}");
-    let d1 = lab.ip_of("default/d1");
-    assert!(
-        eventually(5, || lab.ping(a1, &d1)),
-        "pod on the new node unreachable"
-    );
     let n4 = lab.node_ip("node-4");
     for n in ["node-1", "node-2", "node-3"] {
-        let e = routing_entries(&lab, n);
-        assert!(e.contains(&n4), "{n} has no FDB entry for node-4:\n{e}");
+        assert!(
+            eventually(2, || {
+                let e = routing_entries(&lab, n);
+                e.contains(&n4) && e.contains("10.244.3.0/24")
+            }),
+            "{n} has no route/FDB entry for node-4:\n{}",
+            routing_entries(&lab, n)
+        );
     }
+    lab.apply(&pods_yaml(&[("d1", "node-4")]));
+    let d1 = lab.ip_of("default/d1");
+    assert!(eventually(5, || lab.ping(a1, &d1)), "pod on the new node unreachable");
 
     lab.delete("apiVersion: v1\nkind: Node\nmetadata: {name: node-4}\n");
     for n in ["node-1", "node-2", "node-3"] {
