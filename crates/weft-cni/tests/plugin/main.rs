@@ -1,0 +1,16 @@
+//! weft-cni, black box: the built binary is exec'd the way a runtime does,
+//! inside a throwaway "node" namespace, against throwaway pod namespaces,
+//! and judged by real packets and by what it leaves in the kernel and on
+//! disk. Root only; nothing here touches the host's own namespace.
+//!
+//! One test binary (modules below) so the suite links once.
+
+mod common;
+
+mod basic;
+mod chain;
+mod errors;
+mod ipv6;
+mod reference;
+mod stress;
+mod versions;
