@@ -1,0 +1,436 @@
+//! weft-bench-cluster: cluster networking figures, in one run.
+//!
+//! 1. iperf3 throughput, each as a ratio of a bare veth pair between two
+//!    namespaces measured in the same run: pod→pod on one node, and across
+//!    nodes with host-gw and with vxlan.
+//! 2. Convergence: the time from `weft lab apply` of a new Node until every
+//!    existing node's agent has installed its route, at several cluster
+//!    sizes. Agents log each route with a timestamp; the figure is the
+//!    latest of those minus the moment the apply started.
+//!
+//! Everything runs in labs and namespaces this program creates and removes
+//! (even on failure); nothing touches the host's own network namespace.
+//! Root only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Opts {
+    weft: PathBuf,
+    seconds: u32,
+    runs: usize,
+    sizes: Vec<usize>,
+    joins: usize,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut o = Opts {
+        weft: exe.with_file_name("weft"),
+        seconds: 3,
+        runs: 3,
+        sizes: vec![3, 10, 50],
+        joins: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--weft" => o.weft = PathBuf::from(val()?),
+            "--seconds" => o.seconds = val()?.parse().map_err(|_| "--seconds: a number")?,
+            "--runs" => o.runs = val()?.parse().map_err(|_| "--runs: a number")?,
+            "--joins" => o.joins = val()?.parse().map_err(|_| "--joins: a number")?,
+            "--sizes" => {
+                o.sizes = val()?
+                    .split(',')
+                    .map(|s| s.parse().map_err(|_| "--sizes: numbers, comma-separated"))
+                    .collect::<Result<_, _>>()?
+            }
+            "--quick" => {
+                o.seconds = 1;
+                o.runs = 1;
+                o.sizes = vec![3];
+                o.joins = 1;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "weft-bench-cluster [--quick] [--seconds S] [--runs N] [--sizes 3,10,50] [--joins N] [--weft PATH]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    run(Command::new("ip").args(args))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A lab removed on drop.
+struct Lab {
+    weft: PathBuf,
+    name: String,
+}
+
+impl Lab {
+    fn up(weft: &Path, name: &str, args: &[&str]) -> Result<Lab, String> {
+        let lab = Lab {
+            weft: weft.to_path_buf(),
+            name: name.to_string(),
+        };
+        let _ = Command::new(weft)
+            .args(["lab", "down", "--name", name])
+            .output();
+        run(Command::new(weft)
+            .args(["lab", "up", "--name", name])
+            .args(args))?;
+        Ok(lab)
+    }
+
+    fn netns(&self, what: &str) -> String {
+        format!("weft-{}.{what}", self.name)
+    }
+
+    fn status(&self) -> Result<String, String> {
+        run(Command::new(&self.weft).args(["lab", "status", "--name", &self.name]))
+    }
+
+    fn pod_ip(&self, pod: &str) -> Result<String, String> {
+        let s = self.status()?;
+        s.lines()
+            .find(|l| l.split_whitespace().next() == Some(pod))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(String::from)
+            .ok_or(format!("{pod} not in lab {}", self.name))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.weft)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+/// Two namespaces joined by a bare veth pair, removed on drop.
+struct Bare {
+    a: String,
+    b: String,
+}
+
+impl Bare {
+    fn new() -> Result<Bare, String> {
+        let p = std::process::id();
+        let bare = Bare {
+            a: format!("wbc-a-{p}"),
+            b: format!("wbc-b-{p}"),
+        };
+        ip(&["netns", "add", &bare.a])?;
+        ip(&["netns", "add", &bare.b])?;
+        ip(&[
+            "-n", &bare.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &bare.b,
+        ])?;
+        for (ns, addr) in [(&bare.a, "10.99.0.1/24"), (&bare.b, "10.99.0.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(bare)
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// iperf3 from `client_ns` to `server_ip` in `server_ns`: Gbit/s received.
+fn iperf(server_ns: &str, server_ip: &str, client_ns: &str, seconds: u32) -> Result<f64, String> {
+    let mut srv = Command::new("ip")
+        .args([
+            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5201",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 server: {e}"))?;
+    let mut out = Err("iperf3 client never connected".to_string());
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(50));
+        let r = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            client_ns,
+            "iperf3",
+            "-c",
+            server_ip,
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ]));
+        if let Ok(json) = r {
+            out = parse_bps(&json).map(|b| b / 1e9);
+            break;
+        }
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    out
+}
+
+/// `end.sum_received.bits_per_second` from iperf3's JSON.
+fn parse_bps(json: &str) -> Result<f64, String> {
+    let i = json
+        .find("\"sum_received\"")
+        .ok_or("no sum_received in iperf3 output")?;
+    let rest = &json[i..];
+    let j = rest
+        .find("\"bits_per_second\"")
+        .ok_or("no bits_per_second")?;
+    let num: String = rest[j + 17..]
+        .chars()
+        .skip_while(|c| *c == ':' || c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+' || *c == '-')
+        .collect();
+    num.parse().map_err(|_| format!("bad number {num:?}"))
+}
+
+fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
+    let f = std::env::temp_dir().join(format!("wbc-pods-{}.yaml", std::process::id()));
+    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
+    let fs = f.to_str().unwrap_or_default().to_string();
+    let bare = Bare::new()?;
+    let vx = Lab::up(
+        &o.weft,
+        "wbc-vxlan",
+        &["--nodes", "2", "--backend", "vxlan", "-f", &fs],
+    )?;
+    let hg = Lab::up(
+        &o.weft,
+        "wbc-hostgw",
+        &["--nodes", "2", "--backend", "host-gw", "-f", &fs],
+    )?;
+    let _ = std::fs::remove_file(&f);
+    let cases: Vec<(&str, String, String, String)> = vec![
+        (
+            "bare veth pair (reference)",
+            bare.b.clone(),
+            "10.99.0.2".into(),
+            bare.a.clone(),
+        ),
+        (
+            "pod→pod, same node",
+            vx.netns("default.a2"),
+            vx.pod_ip("default/a2")?,
+            vx.netns("default.a1"),
+        ),
+        (
+            "pod→pod, cross-node host-gw",
+            hg.netns("default.b1"),
+            hg.pod_ip("default/b1")?,
+            hg.netns("default.a1"),
+        ),
+        (
+            "pod→pod, cross-node vxlan",
+            vx.netns("default.b1"),
+            vx.pod_ip("default/b1")?,
+            vx.netns("default.a1"),
+        ),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    // Interleave the cases run by run, so drift in machine load spreads
+    // evenly over them instead of favouring whichever ran first.
+    for r in 0..o.runs {
+        for (i, (label, sns, sip, cns)) in cases.iter().enumerate() {
+            let g = iperf(sns, sip, cns, o.seconds)?;
+            eprintln!("run {}: {label}: {g:.2} Gbit/s", r + 1);
+            samples[i].push(g);
+        }
+    }
+    Ok(cases
+        .iter()
+        .zip(samples)
+        .map(|((l, ..), s)| (l.to_string(), median(s)))
+        .collect())
+}
+
+/// Parses the RFC 3339 UTC timestamp that starts a tracing log line.
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?;
+    let (date, time) = t.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, dd) = (d.next()??, d.next()??, d.next()??);
+    let mut h = time.split(':');
+    let (hh, mm, ss): (i64, i64, f64) = (
+        h.next()?.parse().ok()?,
+        h.next()?.parse().ok()?,
+        h.next()?.parse().ok()?,
+    );
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days as f64 * 86400.0 + (hh * 3600 + mm * 60) as f64 + ss)
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Joins a node to an N-node lab; returns ms until every agent has routed it.
+fn convergence(o: &Opts, n: usize) -> Result<Vec<f64>, String> {
+    let lab = Lab::up(
+        &o.weft,
+        &format!("wbc-conv{n}"),
+        &["--nodes", &n.to_string(), "--backend", "vxlan"],
+    )?;
+    let dir = PathBuf::from("/run/weft/labs").join(&lab.name);
+    let mut out = Vec::new();
+    for j in 0..o.joins {
+        let node = format!("node-x{j}");
+        let f = std::env::temp_dir().join(format!("wbc-{node}-{}.yaml", std::process::id()));
+        std::fs::write(
+            &f,
+            format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        let t0 = now();
+        run(Command::new(&o.weft)
+            .args(["lab", "apply", "--name", &lab.name, "-f"])
+            .arg(&f))?;
+        let allocs = std::fs::read_to_string(dir.join("cluster/.weft/podcidrs.json"))
+            .map_err(|e| e.to_string())?;
+        let cidr = allocs
+            .split(&format!("\"{node}\""))
+            .nth(1)
+            .and_then(|r| r.split('"').nth(1))
+            .ok_or(format!("no subnet for {node}"))?
+            .to_string();
+        let needle = format!("installed route dst={cidr}");
+        let start = Instant::now();
+        let done = loop {
+            let times: Vec<Option<f64>> = (1..=n)
+                .map(|i| {
+                    let log =
+                        std::fs::read_to_string(dir.join(format!("nodes/node-{i}/agent.log")))
+                            .unwrap_or_default();
+                    log.lines()
+                        .filter(|l| l.contains(&needle))
+                        .filter_map(log_time)
+                        .last()
+                })
+                .collect();
+            if times.iter().all(Option::is_some) {
+                break times.into_iter().flatten().fold(0.0, f64::max);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "{n}-node lab: {node} not routed everywhere after 30 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let ms = (done - t0) * 1000.0;
+        eprintln!("{n} nodes, join {}: {ms:.0} ms", j + 1);
+        out.push(ms);
+        run(Command::new(&o.weft)
+            .args(["lab", "delete", "--name", &lab.name, "-f"])
+            .arg(&f))?;
+        let _ = std::fs::remove_file(&f);
+    }
+    Ok(out)
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("weft-bench-cluster: {e}");
+            std::process::exit(2);
+        }
+    };
+    let r = (|| -> Result<(), String> {
+        let tp = throughput(&o)?;
+        let bare = tp[0].1;
+        println!(
+            "### Pod-to-pod throughput (iperf3, TCP, {} s × {} runs, median)\n",
+            o.seconds, o.runs
+        );
+        println!("| path | Gbit/s | ratio to bare veth |");
+        println!("|---|---:|---:|");
+        for (label, g) in &tp {
+            println!("| {label} | {g:.2} | {:.2} |", g / bare);
+        }
+        println!("\n### Convergence after a node joins (vxlan; `lab apply` start → last agent's route installed)\n");
+        println!("| nodes | joins | median ms | max ms |");
+        println!("|---:|---:|---:|---:|");
+        for &n in &o.sizes {
+            let v = convergence(&o, n)?;
+            let max = v.iter().cloned().fold(0.0, f64::max);
+            println!(
+                "| {n} | {} | {:.0} | {max:.0} |",
+                v.len(),
+                median(v.clone())
+            );
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        eprintln!("weft-bench-cluster: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_log_time_and_iperf_json() {
+        let t = log_time("2026-11-25T17:06:59.500000Z  INFO x").unwrap();
+        assert!((t - 1_795_626_419.5).abs() < 1e-3, "{t}");
+        let j = r#"{"end":{"sum_sent":{"bits_per_second":1},"sum_received":{"seconds":3,"bits_per_second":1.5e10}}}"#;
+        assert_eq!(parse_bps(j).unwrap(), 1.5e10);
+    }
+}
