@@ -356,9 +356,9 @@ fn convergence(o: &Opts, n: usize) -> Result<Vec<f64>, String> {
                         std::fs::read_to_string(dir.join(format!("nodes/node-{i}/agent.log")))
                             .unwrap_or_default();
                     log.lines()
+                        .rev()
                         .filter(|l| l.contains(&needle))
-                        .filter_map(log_time)
-                        .last()
+                        .find_map(log_time)
                 })
                 .collect();
             if times.iter().all(Option::is_some) {
