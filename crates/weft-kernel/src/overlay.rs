@@ -8,8 +8,12 @@ use crate::net::{Link, Net};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,7 +41,9 @@ pub struct VxlanParams {
     pub mtu: u32,
 }
 
-fn vxlan_info(m: &netlink_packet_route::link::LinkMessage) -> (Option<u32>, Option<u16>, Option<Ipv4Addr>, Option<u32>) {
+fn vxlan_info(
+    m: &netlink_packet_route::link::LinkMessage,
+) -> (Option<u32>, Option<u16>, Option<Ipv4Addr>, Option<u32>) {
     let (mut id, mut port, mut local, mut link) = (None, None, None, None);
     for a in &m.attributes {
         if let LinkAttribute::LinkInfo(infos) = a {
@@ -150,7 +156,9 @@ impl Net {
                         _ => {}
                     }
                 }
-                let Some(dst) = dst.and_then(|d| IpNet::new(d, m.header.destination_prefix_length).ok()) else {
+                let Some(dst) =
+                    dst.and_then(|d| IpNet::new(d, m.header.destination_prefix_length).ok())
+                else {
                     continue;
                 };
                 out.push(TaggedRoute {
@@ -173,7 +181,9 @@ impl Net {
             b = b.output_interface(i);
         }
         if let Some(g) = r.gw {
-            b = b.gateway(g).map_err(|e| KernelError::Other(e.to_string()))?;
+            b = b
+                .gateway(g)
+                .map_err(|e| KernelError::Other(e.to_string()))?;
         }
         if r.onlink {
             b = b.onlink();
@@ -232,8 +242,12 @@ impl Net {
                 let (mut ip, mut mac) = (None, None);
                 for a in &m.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(*v)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                            ip = Some(IpAddr::V4(*v))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                            ip = Some(IpAddr::V6(*v))
+                        }
                         NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                             mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
                         }
@@ -264,7 +278,11 @@ impl Net {
 
     pub fn del_neigh(&self, index: u32, ip: IpAddr) -> Result<(), KernelError> {
         let mut m = NeighbourMessage::default();
-        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         m.header.ifindex = index;
         m.attributes.push(NeighbourAttribute::Destination(match ip {
             IpAddr::V4(v) => NeighbourAddress::Inet(v),
@@ -327,11 +345,13 @@ impl Net {
         m.header.family = AddressFamily::Bridge;
         m.header.ifindex = index;
         m.header.flags = NeighbourFlags::Own;
-        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        m.attributes.push(NeighbourAttribute::Destination(match dst {
-            IpAddr::V4(v) => NeighbourAddress::Inet(v),
-            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-        }));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(v) => NeighbourAddress::Inet(v),
+                IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+            }));
         let h = self.handle.clone();
         let r = self
             .rt
@@ -375,7 +395,9 @@ fn neigh_ip(d: &NeighbourAddress) -> Option<IpAddr> {
     match d {
         NeighbourAddress::Inet(v) => Some(IpAddr::V4(*v)),
         NeighbourAddress::Inet6(v) => Some(IpAddr::V6(*v)),
-        NeighbourAddress::Other(b) if b.len() == 4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        NeighbourAddress::Other(b) if b.len() == 4 => {
+            Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+        }
         NeighbourAddress::Other(b) if b.len() == 16 => {
             let a: [u8; 16] = b.as_slice().try_into().ok()?;
             Some(IpAddr::V6(a.into()))

@@ -163,7 +163,10 @@ fn nodes_join_and_leave() {
     }
     lab.apply(&pods_yaml(&[("d1", "node-4")]));
     let d1 = lab.ip_of("default/d1");
-    assert!(eventually(5, || lab.ping(a1, &d1)), "pod on the new node unreachable");
+    assert!(
+        eventually(5, || lab.ping(a1, &d1)),
+        "pod on the new node unreachable"
+    );
 
     lab.delete("apiVersion: v1\nkind: Node\nmetadata: {name: node-4}\n");
     for n in ["node-1", "node-2", "node-3"] {
