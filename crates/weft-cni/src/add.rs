@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use weft_core::cni::config::invalid_config_path;
 use weft_core::cni::{CniError, CniResult, Code, Interface, NetConf, Route, Version};
-use weft_core::nft::{HostPort, PodNat};
+use weft_core::nft::{HostPort, MacSpoof, PodNat};
 use weft_kernel::ipam_store::IpamStore;
 use weft_kernel::net::{parse_mac, Net};
 use weft_kernel::netns::NetNs;
@@ -44,7 +44,17 @@ pub fn add(
                 format!("CNI_ARGS: MAC {m:?} is not a MAC address"),
             )
         })?),
+        // macspoofchk pins the MAC before the record is written, so the
+        // record can name the element DEL must remove.
+        (None, None) if conf.macspoofchk => Some(random_mac().to_vec()),
         (None, None) => None,
+    };
+    let spoof = match (&mac, conf.macspoofchk) {
+        (Some(m), true) => Some(MacSpoof {
+            iface: host_veth_name(id, ifname),
+            mac: weft_kernel::net::format_mac(m),
+        }),
+        _ => None,
     };
     let requested = {
         let from_conf = conf.requested_ips();
@@ -64,8 +74,11 @@ pub fn add(
         let a = Allocation { ips, routes, dns };
         // The record goes down while the lock is held, before any kernel
         // change, so a crash at any later point is undone by DEL or GC.
-        if let Err(e) = store.put_record(id, ifname, &record_json(id, ifname, netns_path, conf, &a))
-        {
+        if let Err(e) = store.put_record(
+            id,
+            ifname,
+            &record_json(id, ifname, netns_path, conf, &a, spoof.clone()),
+        ) {
             for ip in &a.ips {
                 let _ = store.release(ip.address.addr(), id, ifname);
             }
@@ -96,7 +109,11 @@ pub fn add(
             dns: r.dns,
         };
         let written = IpamStore::open(&conf.data_dir(), &conf.name).and_then(|store| {
-            store.put_record(id, ifname, &record_json(id, ifname, netns_path, conf, &a))
+            store.put_record(
+                id,
+                ifname,
+                &record_json(id, ifname, netns_path, conf, &a, spoof.clone()),
+            )
         });
         if let Err(e) = written {
             let _ = ipam::delegate_quiet(env, conf, "DEL", stdin);
@@ -106,7 +123,16 @@ pub fn add(
     };
 
     let mut done = Done::default();
-    match setup(conf, id, ifname, &netns, mac.as_deref(), &alloc, &mut done) {
+    match setup(
+        conf,
+        id,
+        ifname,
+        &netns,
+        mac.as_deref(),
+        spoof,
+        &alloc,
+        &mut done,
+    ) {
         Ok(mut result) => {
             result.dns = [conf.dns.clone(), conf.runtime_config.dns.clone()]
                 .into_iter()
@@ -173,22 +199,32 @@ pub fn already_attached(conf: &NetConf, id: &str, ifname: &str) -> CniError {
     )
 }
 
-fn record_json(id: &str, ifname: &str, netns: &str, conf: &NetConf, a: &Allocation) -> String {
+fn record_json(
+    id: &str,
+    ifname: &str,
+    netns: &str,
+    conf: &NetConf,
+    a: &Allocation,
+    spoof: Option<MacSpoof>,
+) -> String {
     let record = Record {
         container_id: id.to_string(),
         ifname: ifname.to_string(),
         netns: netns.to_string(),
         host_veth: host_veth_name(id, ifname),
         ips: a.ips.iter().map(|i| i.address).collect(),
-        nat: nat_plan(conf, a),
+        nat: nat_plan(conf, a, spoof),
     };
     serde_json::to_string(&record).unwrap_or_default()
 }
 
 /// The NAT elements this attachment needs: its addresses for ipMasq, and
 /// each hostPort for every address of the matching family.
-pub fn nat_plan(conf: &NetConf, a: &Allocation) -> PodNat {
-    let mut nat = PodNat::default();
+pub fn nat_plan(conf: &NetConf, a: &Allocation, spoof: Option<MacSpoof>) -> PodNat {
+    let mut nat = PodNat {
+        macspoof: spoof,
+        ..Default::default()
+    };
     if conf.ip_masq {
         nat.masq = a.ips.iter().map(|i| i.address.addr()).collect();
         nat.nets = a.ips.iter().map(|i| i.address.trunc()).collect();
@@ -225,6 +261,7 @@ fn setup(
     ifname: &str,
     netns: &NetNs,
     mac: Option<&[u8]>,
+    spoof: Option<MacSpoof>,
     alloc: &Allocation,
     done: &mut Done,
 ) -> Result<CniResult, CniError> {
@@ -238,6 +275,13 @@ fn setup(
             conf.vlan.is_some(),
         )
         .map_err(|e| {
+            if conf.vlan.is_some() && e.errno() == Some(95) {
+                // EOPNOTSUPP: a kernel built without bridge VLAN filtering.
+                return invalid_config_path(
+                    "vlan",
+                    "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)",
+                );
+            }
             CniError::new(
                 Code::Internal,
                 format!("bridge {}: {e}", conf.bridge_name()),
@@ -324,7 +368,7 @@ fn setup(
         ensure_gateway(&host, bridge.index, conf, alloc)?;
     }
 
-    let nat = nat_plan(conf, alloc);
+    let nat = nat_plan(conf, alloc, spoof);
     if !nat.is_empty() {
         apply_nat(&nat)?;
         done.nat = Some(nat);
@@ -438,4 +482,18 @@ fn nat_err(e: weft_kernel::KernelError) -> CniError {
     } else {
         CniError::new(Code::Internal, format!("nftables: {s}"))
     }
+}
+
+/// A random locally administered unicast MAC (what the kernel would pick).
+fn random_mac() -> [u8; 6] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let b = h.finish().to_le_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }

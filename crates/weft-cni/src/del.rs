@@ -124,6 +124,7 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
             ips: ips.to_vec(),
             ..Default::default()
         },
+        None,
     )
 }
 
@@ -172,6 +173,12 @@ pub fn remove_nat(nat: &PodNat) {
             for hp in &nat.ports {
                 one(PodNat {
                     ports: vec![hp.clone()],
+                    ..Default::default()
+                });
+            }
+            if nat.macspoof.is_some() {
+                one(PodNat {
+                    macspoof: nat.macspoof.clone(),
                     ..Default::default()
                 });
             }

@@ -31,11 +31,21 @@ pub struct PodNat {
     /// The pod's own subnets: traffic to these is never masqueraded.
     pub nets: Vec<IpNet>,
     pub ports: Vec<HostPort>,
+    /// `macspoofchk`: frames entering the bridge from this host veth must
+    /// carry the container's MAC.
+    #[serde(default)]
+    pub macspoof: Option<MacSpoof>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacSpoof {
+    pub iface: String,
+    pub mac: String,
 }
 
 impl PodNat {
     pub fn is_empty(&self) -> bool {
-        self.masq.is_empty() && self.ports.is_empty()
+        self.masq.is_empty() && self.ports.is_empty() && self.macspoof.is_none()
     }
 }
 
@@ -112,6 +122,20 @@ pub fn skeleton() -> String {
         s,
         "add rule inet {t} output fib daddr type local goto hostports"
     );
+    // macspoofchk lives in the bridge family: it must see frames as they
+    // enter the bridge, before any routing.
+    let _ = writeln!(s, "add table bridge {t}");
+    let _ = writeln!(s, "add set bridge {t} spoofchk {{ type ifname; }}");
+    let _ = writeln!(s, "add set bridge {t} macs {{ type ifname . ether_addr; }}");
+    let _ = writeln!(
+        s,
+        "add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}"
+    );
+    let _ = writeln!(s, "flush chain bridge {t} prerouting");
+    let _ = writeln!(
+        s,
+        "add rule bridge {t} prerouting iifname @spoofchk iifname . ether saddr != @macs drop"
+    );
     s
 }
 
@@ -149,6 +173,16 @@ fn elements(p: &PodNat, verb: &str) -> String {
         lines.push(format!(
             "{verb} element inet {t} hairpin{v} {{ {0} . {0} }}",
             hp.pod_ip
+        ));
+    }
+    if let Some(m) = &p.macspoof {
+        lines.push(format!(
+            "{verb} element bridge {t} spoofchk {{ \"{}\" }}",
+            m.iface
+        ));
+        lines.push(format!(
+            "{verb} element bridge {t} macs {{ \"{}\" . {} }}",
+            m.iface, m.mac
         ));
     }
     // Each element once: a pod with several hostPorts shares one hairpin
@@ -247,6 +281,6 @@ mod tests {
     fn skeleton_is_fixed() {
         let s = skeleton();
         assert!(s.starts_with("add table inet weft-cni\n"));
-        assert_eq!(s.matches("add rule").count(), 10);
+        assert_eq!(s.matches("add rule").count(), 11);
     }
 }

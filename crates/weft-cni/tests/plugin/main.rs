@@ -11,6 +11,7 @@ mod basic;
 mod chain;
 mod errors;
 mod ipv6;
+mod options;
 mod reference;
 mod stress;
 mod versions;
