@@ -232,7 +232,25 @@ mod tests {
                 pod_ip: "10.1.0.2".parse().unwrap(),
                 container_port: 80,
             }],
+            macspoof: None,
         }
+    }
+
+    #[test]
+    fn macspoof_elements_live_in_the_bridge_table() {
+        let p = PodNat {
+            macspoof: Some(MacSpoof {
+                iface: "veth0123abcd".into(),
+                mac: "02:00:00:00:00:01".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            add_elements(&p),
+            "add element bridge weft-cni spoofchk { \"veth0123abcd\" }\n\
+             add element bridge weft-cni macs { \"veth0123abcd\" . 02:00:00:00:00:01 }\n"
+        );
+        assert!(!p.is_empty());
     }
 
     #[test]
