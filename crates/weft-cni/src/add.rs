@@ -125,11 +125,13 @@ pub fn add(
     let mut done = Done::default();
     match setup(
         conf,
-        id,
-        ifname,
+        Plan {
+            id,
+            ifname,
+            mac: mac.as_deref(),
+            spoof,
+        },
         &netns,
-        mac.as_deref(),
-        spoof,
         &alloc,
         &mut done,
     ) {
@@ -255,16 +257,27 @@ fn family_gateway(a: &Allocation, v4: bool) -> Option<IpAddr> {
         .find_map(|i| i.gateway)
 }
 
+/// Who is being attached, and with which MAC.
+struct Plan<'a> {
+    id: &'a str,
+    ifname: &'a str,
+    mac: Option<&'a [u8]>,
+    spoof: Option<MacSpoof>,
+}
+
 fn setup(
     conf: &NetConf,
-    id: &str,
-    ifname: &str,
+    plan: Plan,
     netns: &NetNs,
-    mac: Option<&[u8]>,
-    spoof: Option<MacSpoof>,
     alloc: &Allocation,
     done: &mut Done,
 ) -> Result<CniResult, CniError> {
+    let Plan {
+        id,
+        ifname,
+        mac,
+        spoof,
+    } = plan;
     let k = kernel_err;
     let host = Net::new().map_err(k("netlink"))?;
     let bridge = host
