@@ -141,8 +141,12 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         } else {
             cfg.resync
         };
-        if let Some(s) = latest.take(wait) {
-            current = Some(s);
+        match latest.take(wait) {
+            Some(s) => current = Some(s),
+            // The periodic resync: repair drift in everything, not only in
+            // what the kernel is asked about on every sync.
+            None if !retry => rec.forget(),
+            None => {}
         }
         metrics.heartbeat.store(now_secs(), Relaxed);
         let Some(state) = &current else { continue };

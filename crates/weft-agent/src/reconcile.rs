@@ -70,6 +70,14 @@ impl Reconciler {
         ))
     }
 
+    /// Forgets what was last written, so the next sync rewrites the egress
+    /// ruleset and the conflist even if someone changed them behind the
+    /// agent's back (routes, neighbours and FDB are always read back).
+    pub fn forget(&mut self) {
+        self.last_egress = None;
+        self.last_conflist = None;
+    }
+
     pub fn sync(&mut self, snapshot: &ClusterState) -> Result<(), AgentError> {
         let cfg = self.cfg.clone();
         let mut state = snapshot.clone();
