@@ -394,8 +394,8 @@ impl Net {
         }
     }
 
-    /// Main-table unicast routes of both families.
-    pub fn routes(&self) -> Result<Vec<RouteEntry>, KernelError> {
+    /// Every route of both families (all tables), as the kernel dumps them.
+    pub(crate) fn route_dump(&self) -> Result<Vec<RouteMessage>, KernelError> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let h = self.handle.clone();
@@ -405,33 +405,41 @@ impl Net {
                 .rt
                 .block_on(async move { h.route().get(q).execute().try_collect().await })
                 .map_err(|e| KernelError::netlink("list routes", e))?;
-            for m in msgs {
-                if m.header.kind != RouteType::Unicast || m.header.table != 254 {
-                    continue;
-                }
-                let mut dst = None;
-                let mut gw = None;
-                let mut oif = None;
-                for a in &m.attributes {
-                    match a {
-                        RouteAttribute::Destination(d) => dst = route_ip(d),
-                        RouteAttribute::Gateway(g) => gw = route_ip(g),
-                        RouteAttribute::Oif(i) => oif = Some(*i),
-                        _ => {}
-                    }
-                }
-                let dst = dst.unwrap_or(if fam == AddressFamily::Inet {
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                });
-                if let Ok(dst) = IpNet::new(dst, m.header.destination_prefix_length) {
-                    out.push(RouteEntry { dst, gw, oif });
-                }
-            }
+            out.extend(msgs);
         }
         Ok(out)
     }
+
+    /// Main-table unicast routes of both families.
+    pub fn routes(&self) -> Result<Vec<RouteEntry>, KernelError> {
+        Ok(self
+            .route_dump()?
+            .iter()
+            .filter(|m| m.header.kind == RouteType::Unicast && m.header.table == 254)
+            .filter_map(parse_route)
+            .collect())
+    }
+}
+
+/// Destination (a missing one is the default route), gateway and output
+/// interface of a dumped route.
+pub(crate) fn parse_route(m: &RouteMessage) -> Option<RouteEntry> {
+    let (mut dst, mut gw, mut oif) = (None, None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = route_ip(d),
+            RouteAttribute::Gateway(g) => gw = route_ip(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let dst = dst.unwrap_or(if m.header.address_family == AddressFamily::Inet {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    });
+    let dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
+    Some(RouteEntry { dst, gw, oif })
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {

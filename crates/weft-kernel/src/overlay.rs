@@ -4,16 +4,14 @@
 //! against the kernel instead of flushing (and dropping traffic).
 
 use crate::error::KernelError;
-use crate::net::{Link, Net};
+use crate::net::{parse_route, Link, Net};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
-};
+use netlink_packet_route::route::{RouteFlags, RouteMessage, RouteProtocol};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
@@ -132,44 +130,22 @@ impl Net {
         Ok(l)
     }
 
-    /// Routes carrying weft's protocol tag, both families, main table.
+    /// Routes carrying weft's protocol tag, both families.
     pub fn tagged_routes(&self) -> Result<Vec<TaggedRoute>, KernelError> {
-        let mut out = Vec::new();
-        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let h = self.handle.clone();
-            let mut q = RouteMessageBuilder::<IpAddr>::new().build();
-            q.header.address_family = fam;
-            let msgs: Vec<RouteMessage> = self
-                .rt
-                .block_on(async move { h.route().get(q).execute().try_collect().await })
-                .map_err(|e| KernelError::netlink("list routes", e))?;
-            for m in msgs {
-                if m.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO) {
-                    continue;
-                }
-                let (mut dst, mut gw, mut oif) = (None, None, None);
-                for a in &m.attributes {
-                    match a {
-                        RouteAttribute::Destination(d) => dst = route_ip(d),
-                        RouteAttribute::Gateway(g) => gw = route_ip(g),
-                        RouteAttribute::Oif(i) => oif = Some(*i),
-                        _ => {}
-                    }
-                }
-                let Some(dst) =
-                    dst.and_then(|d| IpNet::new(d, m.header.destination_prefix_length).ok())
-                else {
-                    continue;
-                };
-                out.push(TaggedRoute {
-                    dst,
-                    gw,
-                    oif,
+        Ok(self
+            .route_dump()?
+            .iter()
+            .filter(|m| m.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTO))
+            .filter_map(|m| {
+                let r = parse_route(m)?;
+                Some(TaggedRoute {
+                    dst: r.dst,
+                    gw: r.gw,
+                    oif: r.oif,
                     onlink: m.header.flags.contains(RouteFlags::Onlink),
-                });
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     fn tagged_route_msg(&self, r: &TaggedRoute) -> Result<RouteMessage, KernelError> {
@@ -229,11 +205,15 @@ impl Net {
             .map_err(|e| KernelError::netlink("list neighbours", e))
     }
 
-    /// Permanent IPv4/IPv6 neighbour entries on `index`: (ip, mac).
-    pub fn permanent_neighs(&self, index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, KernelError> {
+    /// Permanent entries on `index` from the given families' dumps.
+    fn permanent(
+        &self,
+        index: u32,
+        fams: &[AddressFamily],
+    ) -> Result<Vec<(IpAddr, [u8; 6])>, KernelError> {
         let mut out = Vec::new();
-        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-            for m in self.neigh_dump(fam)? {
+        for fam in fams {
+            for m in self.neigh_dump(*fam)? {
                 if m.header.ifindex != index
                     || m.header.state != netlink_packet_route::neighbour::NeighbourState::Permanent
                 {
@@ -242,12 +222,7 @@ impl Net {
                 let (mut ip, mut mac) = (None, None);
                 for a in &m.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
-                            ip = Some(IpAddr::V4(*v))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
-                            ip = Some(IpAddr::V6(*v))
-                        }
+                        NeighbourAttribute::Destination(d) => ip = neigh_ip(d),
                         NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                             mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
                         }
@@ -260,6 +235,11 @@ impl Net {
             }
         }
         Ok(out)
+    }
+
+    /// Permanent IPv4/IPv6 neighbour entries on `index`: (ip, mac).
+    pub fn permanent_neighs(&self, index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, KernelError> {
+        self.permanent(index, &[AddressFamily::Inet, AddressFamily::Inet6])
     }
 
     pub fn replace_neigh(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), KernelError> {
@@ -301,28 +281,11 @@ impl Net {
 
     /// Static FDB entries of a VXLAN device: (mac, remote IP).
     pub fn vxlan_fdb(&self, index: u32) -> Result<Vec<([u8; 6], IpAddr)>, KernelError> {
-        let mut out = Vec::new();
-        for m in self.neigh_dump(AddressFamily::Bridge)? {
-            if m.header.ifindex != index
-                || m.header.state != netlink_packet_route::neighbour::NeighbourState::Permanent
-            {
-                continue;
-            }
-            let (mut ip, mut mac) = (None, None);
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::Destination(d) => ip = neigh_ip(d),
-                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(ip), Some(mac)) = (ip, mac) {
-                out.push((mac, ip));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .permanent(index, &[AddressFamily::Bridge])?
+            .into_iter()
+            .map(|(ip, mac)| (mac, ip))
+            .collect())
     }
 
     pub fn replace_fdb(&self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), KernelError> {
@@ -402,14 +365,6 @@ fn neigh_ip(d: &NeighbourAddress) -> Option<IpAddr> {
             let a: [u8; 16] = b.as_slice().try_into().ok()?;
             Some(IpAddr::V6(a.into()))
         }
-        _ => None,
-    }
-}
-
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
-        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
         _ => None,
     }
 }
