@@ -587,7 +587,10 @@ fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Resul
         // itself (and so the pair) only goes once its last process has
         // exited, and a node joining right after may want the same port.
         if let IpAddr::V4(v4) = n.ip {
-            let _ = ipn(&st.underlay_netns, &["link", "del", &format!("n{}", v4.octets()[3])]);
+            let _ = ipn(
+                &st.underlay_netns,
+                &["link", "del", &format!("n{}", v4.octets()[3])],
+            );
         }
         if let Err(e) = remove_netns(&n.netns) {
             errors.push(e.to_string());
