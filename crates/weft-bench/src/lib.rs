@@ -38,7 +38,7 @@ pub struct Options {
 
 /// Pause between phases, so that deferred kernel work (RCU callbacks after
 /// a burst of deletions) is not billed to the next phase.
-const SETTLE: Duration = Duration::from_millis(200);
+const SETTLE: Duration = Duration::from_millis(100);
 
 fn require_root() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -104,56 +104,95 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Vec<Row>> {
             .collect()
     };
 
-    let mut rows = Vec::new();
+    // Every configuration gets its node namespace and a warm-up pod first
+    // (the first ADD makes the bridge and the NAT skeleton).
+    let mut benches = Vec::new();
     for &s in &o.subjects {
         let tag = s.tag();
-        tracing::info!(configuration = s.label(), "measuring");
         let node_i = lab.node(tag)?;
-        let node = NetNs::open(&lab.node_ns(node_i).path())?;
-        let config = subject::plugin_config(
-            matches!(
-                s,
-                Subject::Weft { masq: true } | Subject::Reference { masq: true }
-            ),
-            &lab.data_dir(tag)?,
+        let masq = matches!(
+            s,
+            Subject::Weft { masq: true } | Subject::Reference { masq: true }
         );
-        let m = Method::for_subject(s, &o.weft, &o.reference_dir, config);
-        let phase = |verb: &str, ps: &[Pod], parallel: bool| -> Result<Vec<Duration>> {
-            if stop.load(Ordering::Relaxed) {
-                bail!("interrupted");
-            }
-            let r = if parallel {
-                driver::parallel(&node, &m, verb, ps)
-            } else {
-                driver::sequential(&node, &m, verb, ps, stop)
-            };
-            r.with_context(|| format!("{} {verb}", s.label()))
+        let config = subject::plugin_config(masq, &lab.data_dir(tag)?);
+        let b = Bench {
+            subject: s,
+            node: NetNs::open(&lab.node_ns(node_i).path())?,
+            method: Method::for_subject(s, &o.weft, &o.reference_dir, config),
+            samples: Default::default(),
         };
-
-        // Warm-up: the first ADD makes the bridge and the NAT skeleton.
         let warm = pods(tag, "warm", 1);
-        phase("ADD", &warm, false)?;
-        phase("DEL", &warm, false)?;
-        std::thread::sleep(SETTLE);
+        b.phase("ADD", &warm, false, stop)?;
+        b.phase("DEL", &warm, false, stop)?;
+        benches.push(b);
+    }
+    std::thread::sleep(SETTLE);
 
-        let seq = pods(tag, "seq", o.pods);
-        let add = phase("ADD", &seq, false)?;
-        std::thread::sleep(SETTLE);
-        let del = phase("DEL", &seq, false)?;
-        std::thread::sleep(SETTLE);
-        push(&mut rows, s, Mode::Sequential, add, del);
-
-        let (mut padd, mut pdel) = (Vec::new(), Vec::new());
-        for round in 0..o.rounds {
-            let ps = pods(tag, &format!("r{round}"), o.parallel);
-            padd.extend(phase("ADD", &ps, true)?);
+    // Then round by round, every configuration in turn (the order rotated
+    // each round), so that load from elsewhere on the machine falls on all
+    // of them alike and the ratios stay fair.
+    for round in 0..o.rounds {
+        let chunk = o.pods / o.rounds + usize::from(round < o.pods % o.rounds);
+        let n = benches.len();
+        for i in 0..n {
+            let b = &mut benches[(i + round) % n];
+            let tag = b.subject.tag();
+            tracing::info!(round, configuration = b.subject.label(), "measuring");
+            if chunk > 0 {
+                let seq = pods(tag, &format!("s{round}"), chunk);
+                let add = b.phase("ADD", &seq, false, stop)?;
+                std::thread::sleep(SETTLE);
+                let del = b.phase("DEL", &seq, false, stop)?;
+                std::thread::sleep(SETTLE);
+                b.samples[0].extend(add);
+                b.samples[1].extend(del);
+            }
+            let par = pods(tag, &format!("p{round}"), o.parallel);
+            let add = b.phase("ADD", &par, true, stop)?;
             std::thread::sleep(SETTLE);
-            pdel.extend(phase("DEL", &ps, true)?);
+            let del = b.phase("DEL", &par, true, stop)?;
             std::thread::sleep(SETTLE);
+            b.samples[2].extend(add);
+            b.samples[3].extend(del);
         }
-        push(&mut rows, s, Mode::Parallel, padd, pdel);
+    }
+
+    let mut rows = Vec::new();
+    for b in benches {
+        let [sa, sd, pa, pd] = b.samples;
+        push(&mut rows, b.subject, Mode::Sequential, sa, sd);
+        push(&mut rows, b.subject, Mode::Parallel, pa, pd);
     }
     Ok(rows)
+}
+
+/// One configuration under measurement and its samples so far:
+/// sequential ADD, sequential DEL, parallel ADD, parallel DEL.
+struct Bench {
+    subject: Subject,
+    node: NetNs,
+    method: Method,
+    samples: [Vec<Duration>; 4],
+}
+
+impl Bench {
+    fn phase(
+        &self,
+        verb: &str,
+        pods: &[Pod],
+        parallel: bool,
+        stop: &AtomicBool,
+    ) -> Result<Vec<Duration>> {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let r = if parallel {
+            driver::parallel(&self.node, &self.method, verb, pods)
+        } else {
+            driver::sequential(&self.node, &self.method, verb, pods, stop)
+        };
+        r.with_context(|| format!("{} {verb}", self.subject.label()))
+    }
 }
 
 fn push(rows: &mut Vec<Row>, subject: Subject, mode: Mode, add: Vec<Duration>, del: Vec<Duration>) {

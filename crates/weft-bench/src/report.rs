@@ -164,8 +164,8 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "Sequential: {} pods, ADD all then DEL all. Parallel: {} calls started together, {} round(s). One untimed warm-up pod per configuration.\n",
-        meta.pods, meta.parallel, meta.rounds
+        "Sequential: {} pods over {} round(s), each round ADDing its share one after another, then DELeting them. Parallel: {} calls started together, once per round. Configurations take turns within each round (order rotated), after one untimed warm-up pod each.\n",
+        meta.pods, meta.rounds, meta.parallel
     );
     let _ = writeln!(
         s,
