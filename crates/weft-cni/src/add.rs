@@ -228,7 +228,6 @@ pub fn nat_plan(conf: &NetConf, a: &Allocation, spoof: Option<MacSpoof>) -> PodN
         ..Default::default()
     };
     if conf.ip_masq {
-        nat.masq = a.ips.iter().map(|i| i.address.addr()).collect();
         nat.nets = a.ips.iter().map(|i| i.address.trunc()).collect();
     }
     for pm in &conf.runtime_config.port_mappings {
@@ -382,9 +381,20 @@ fn setup(
     }
 
     let nat = nat_plan(conf, alloc, spoof);
-    if !nat.is_empty() {
+    // ipMasq is per network: once its subnets are in place (the bridge's
+    // alias says so, and goes with the bridge on reboot or netns removal),
+    // a pod with nothing of its own needs no nftables work at all.
+    let marked = masq_marked(&bridge, &nat.nets);
+    if nat.per_pod() || !marked {
         apply_nat(&nat)?;
-        done.nat = Some(nat);
+        if nat.per_pod() {
+            done.nat = Some(nat.clone());
+        }
+        if !marked {
+            let alias = masq_alias(bridge.alias.as_deref(), &nat.nets);
+            host.set_alias(bridge.index, &alias)
+                .map_err(k("mark bridge"))?;
+        }
     }
 
     let br = host
@@ -472,6 +482,35 @@ fn ensure_gateway(
         }
     }
     Ok(())
+}
+
+const MASQ_MARK: &str = "weft-cni masq";
+
+/// Whether the bridge's alias lists every subnet (nothing to do if none).
+fn masq_marked(bridge: &weft_kernel::net::Link, nets: &[IpNet]) -> bool {
+    let listed: Vec<&str> = bridge
+        .alias
+        .as_deref()
+        .and_then(|a| a.strip_prefix(MASQ_MARK))
+        .map(|r| r.split_whitespace().collect())
+        .unwrap_or_default();
+    nets.iter()
+        .all(|n| listed.contains(&n.trunc().to_string().as_str()))
+}
+
+/// The alias that lists the subnets already masqueraded, plus `nets`.
+fn masq_alias(old: Option<&str>, nets: &[IpNet]) -> String {
+    let mut listed: Vec<String> = old
+        .and_then(|a| a.strip_prefix(MASQ_MARK))
+        .map(|r| r.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    for n in nets {
+        let n = n.trunc().to_string();
+        if !listed.contains(&n) {
+            listed.push(n);
+        }
+    }
+    format!("{MASQ_MARK} {}", listed.join(" "))
 }
 
 /// Adds the elements; the first pod on a node also lays the skeleton, in

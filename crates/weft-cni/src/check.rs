@@ -51,6 +51,14 @@ pub fn check(env: &Env, conf: &NetConf, _stdin: &[u8]) -> Result<(), CniError> {
     }
 
     let k = kernel_err;
+    if conf.ip_masq
+        && !weft_kernel::nft::table_exists("inet", weft_core::nft::TABLE).map_err(k("nftables"))?
+    {
+        return Err(broken(format!(
+            "ipMasq: table inet {} is missing",
+            weft_core::nft::TABLE
+        )));
+    }
     let host = Net::new().map_err(k("netlink"))?;
     let bridge = host
         .link_by_name(conf.bridge_name())

@@ -131,7 +131,7 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 /// Removes the kernel state of one attachment; keeps going past failures
 /// and collects them.
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
-    if !record.nat.is_empty() {
+    if record.nat.per_pod() {
         remove_nat(&record.nat);
     }
     // Deleting the host end removes the pair, wherever the peer is; if the
@@ -164,12 +164,6 @@ pub fn remove_nat(nat: &PodNat) {
             let one = |p: PodNat| {
                 let _ = nft::apply(&weft_core::nft::del_elements(&p));
             };
-            for ip in &nat.masq {
-                one(PodNat {
-                    masq: vec![*ip],
-                    ..Default::default()
-                });
-            }
             for hp in &nat.ports {
                 one(PodNat {
                     ports: vec![hp.clone()],

@@ -1,10 +1,15 @@
 //! The nftables ruleset weft-cni keeps on a node for ipMasq and hostPorts.
 //!
-//! Design: a fixed skeleton of chains whose rules never change, and per-pod
-//! state held only as set and map *elements*. An ADD or DEL therefore touches
-//! a few elements in one atomic transaction; its cost does not grow with the
-//! number of pods, and there is never a per-pod chain to leak. (Measured: the
-//! skeleton costs ~19 ms through `nft -f`, one element ~2 ms.)
+//! Design: a fixed skeleton of chains whose rules never change, and state
+//! held only as set and map *elements*. ipMasq is per network, not per pod:
+//! the network's subnets go into `nets4`/`nets6` once, and traffic from them
+//! to anywhere else is masqueraded, which is what the reference plugin's
+//! per-pod rules amount to. So a pod with only ipMasq costs no nftables work
+//! at all after the first (and its DEL has nothing to remove); hostPorts and
+//! macspoofchk are per-pod elements, a few per ADD or DEL in one atomic
+//! transaction, never a per-pod chain to leak. (Measured: the skeleton costs
+//! ~19 ms through `nft -f`, one element ~2 ms, and deleting one makes nft
+//! wait ~10 ms for an RCU grace period.)
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -26,9 +31,8 @@ pub struct HostPort {
 /// The per-pod elements weft-cni owns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodNat {
-    /// Pod addresses whose traffic leaving `nets` is masqueraded.
-    pub masq: Vec<IpAddr>,
-    /// The pod's own subnets: traffic to these is never masqueraded.
+    /// The pod's network's subnets, for ipMasq: traffic from them to
+    /// anywhere else is masqueraded. Shared by the network; never deleted.
     pub nets: Vec<IpNet>,
     pub ports: Vec<HostPort>,
     /// `macspoofchk`: frames entering the bridge from this host veth must
@@ -45,7 +49,12 @@ pub struct MacSpoof {
 
 impl PodNat {
     pub fn is_empty(&self) -> bool {
-        self.masq.is_empty() && self.ports.is_empty() && self.macspoof.is_none()
+        self.nets.is_empty() && !self.per_pod()
+    }
+
+    /// Whether the pod owns elements of its own (which DEL must remove).
+    pub fn per_pod(&self) -> bool {
+        !self.ports.is_empty() || self.macspoof.is_some()
     }
 }
 
@@ -67,7 +76,6 @@ pub fn skeleton() -> String {
         ("6", "ipv6_addr", "ff00::/8"),
     ] {
         let _ = mcast;
-        let _ = writeln!(s, "add set inet {t} masq{v} {{ type {addr}; }}");
         let _ = writeln!(
             s,
             "add set inet {t} nets{v} {{ type {addr}; flags interval; }}"
@@ -99,7 +107,7 @@ pub fn skeleton() -> String {
     for (v, ipk, mcast) in [("4", "ip", "224.0.0.0/4"), ("6", "ip6", "ff00::/8")] {
         let _ = writeln!(
             s,
-            "add rule inet {t} postrouting {ipk} saddr @masq{v} {ipk} daddr != @nets{v} {ipk} daddr != {mcast} masquerade"
+            "add rule inet {t} postrouting {ipk} saddr @nets{v} {ipk} daddr != @nets{v} {ipk} daddr != {mcast} masquerade"
         );
         let _ = writeln!(
             s,
@@ -142,18 +150,12 @@ pub fn skeleton() -> String {
 fn elements(p: &PodNat, verb: &str) -> String {
     let t = TABLE;
     let mut lines: Vec<String> = Vec::new();
-    for ip in &p.masq {
-        let (v, _) = fam(ip);
-        lines.push(format!("{verb} element inet {t} masq{v} {{ {ip} }}"));
-    }
-    for ip in &p.masq {
-        // A subnet shared by many pods is one element; only ADD adds it, and
-        // DEL leaves it, since other pods of the network still use it.
-        if verb == "add" {
-            for n in p.nets.iter().filter(|n| n.addr().is_ipv4() == ip.is_ipv4()) {
-                let (v, _) = fam(ip);
-                lines.push(format!("add element inet {t} nets{v} {{ {} }}", n.trunc()));
-            }
+    // A subnet shared by many pods is one element; only ADD adds it, and
+    // DEL leaves it, since other pods of the network still use it.
+    if verb == "add" {
+        for n in &p.nets {
+            let (v, _) = fam(&n.addr());
+            lines.push(format!("add element inet {t} nets{v} {{ {} }}", n.trunc()));
         }
     }
     for hp in &p.ports {
@@ -223,7 +225,6 @@ mod tests {
 
     fn pod() -> PodNat {
         PodNat {
-            masq: vec!["10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
             nets: vec!["10.1.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
             ports: vec![HostPort {
                 protocol: "TCP".into(),
@@ -258,9 +259,7 @@ mod tests {
         let s = add_elements(&pod());
         assert_eq!(
             s,
-            "add element inet weft-cni masq4 { 10.1.0.2 }\n\
-             add element inet weft-cni masq6 { fd00::2 }\n\
-             add element inet weft-cni nets4 { 10.1.0.0/16 }\n\
+            "add element inet weft-cni nets4 { 10.1.0.0/16 }\n\
              add element inet weft-cni nets6 { fd00::/64 }\n\
              add element inet weft-cni hp4 { tcp . 8080 : 10.1.0.2 . 80 }\n\
              add element inet weft-cni hairpin4 { 10.1.0.2 . 10.1.0.2 }\n"
@@ -273,7 +272,7 @@ mod tests {
         assert!(!s.contains("nets4"));
         let adds = s.lines().filter(|l| l.starts_with("add ")).count();
         let dels = s.lines().filter(|l| l.starts_with("delete ")).count();
-        assert_eq!((adds, dels), (4, 4));
+        assert_eq!((adds, dels), (2, 2));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct Link {
     pub up: bool,
     pub controller: Option<u32>,
     pub kind: Option<String>,
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +68,12 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         controller: None,
         kind: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
             LinkAttribute::Address(b) => l.mac = format_mac(b),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::Controller(c) => l.controller = Some(*c),
@@ -277,6 +280,15 @@ impl Net {
         self.set_link(
             LinkUnspec::new_with_index(index).up().build(),
             "set link up",
+        )
+    }
+
+    /// Sets the link's alias (`ip link set … alias`), a note that lives
+    /// and dies with the device.
+    pub fn set_alias(&self, index: u32, alias: &str) -> Result<(), KernelError> {
+        self.set_link(
+            LinkUnspec::new_with_index(index).alias(alias).build(),
+            "set alias",
         )
     }
 

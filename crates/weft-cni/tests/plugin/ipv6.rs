@@ -72,8 +72,12 @@ fn dual_stack_pods() {
     }
     // Both families are masqueraded for this pod, and mapped.
     let elems = node.nft_pod_elements();
-    for set in ["masq4", "masq6", "hp4", "hp6"] {
+    for set in ["hp4", "hp6"] {
         assert!(elems.iter().any(|(s, _)| s == set), "{set}: {elems:?}");
+    }
+    for (set, net) in [("nets4", "10.6.0.0/24"), ("nets6", "fd00:6::/64")] {
+        let l = node.ns.ok(&format!("nft list set inet weft-cni {set}"));
+        assert!(l.contains(net), "{set}: {l}");
     }
     let mut c = conf.clone();
     c["prevResult"] = ra.clone();

@@ -72,3 +72,65 @@ fn vlan_sets_the_port_pvid_or_fails_cleanly() {
         );
     }
 }
+
+/// ipMasq with real packets: a host outside the pod network sees the node's
+/// address; a pod on the same network sees the pod's own. A second pod's
+/// ADD needs no nftables work (the bridge's alias records the subnet).
+#[test]
+fn ip_masq_rewrites_only_traffic_leaving_the_network() {
+    use weft_testkit::Netns;
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+    conf["ipMasq"] = json!(true);
+    conf["isDefaultGateway"] = json!(true);
+    let outside = Netns::new("outside");
+    node.ns.ok(&format!(
+        "ip link add up0 type veth peer name eth0 netns {}; ip addr add 10.77.0.1/24 dev up0; ip link set up0 up",
+        outside.name
+    ));
+    outside.ok("ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up");
+    let (a, b) = (Pod::new(), Pod::new());
+    let ra = node.add(&a, &conf);
+    node.add(&b, &conf);
+    let alias = node.ns.ok(&format!("ip -d link show {}", node.bridge));
+    assert!(alias.contains("alias weft-cni masq 10.1.0.0/24"), "{alias}");
+
+    let peer = |server: &Netns, server_ip: &str, client: &Netns| {
+        let mut srv = server
+            .cmd("socat")
+            .args([
+                "-T3",
+                "TCP-LISTEN:7100,reuseaddr",
+                "SYSTEM:echo $SOCAT_PEERADDR",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut seen = String::new();
+        for _ in 0..50 {
+            let o = client.sh(&format!("socat -T2 - TCP:{server_ip}:7100 </dev/null"));
+            seen = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if !seen.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+        seen
+    };
+    assert_eq!(
+        peer(&outside, "10.77.0.2", &a.ns),
+        "10.77.0.1",
+        "masqueraded to the node"
+    );
+    let ipa = &result_ips(&ra)[0];
+    let ipb = b.addrs()[0].split('/').next().unwrap().to_string();
+    assert_eq!(
+        peer(&b.ns, &ipb, &a.ns),
+        *ipa,
+        "pod to pod must keep the pod's address"
+    );
+    node.del(&a, &conf);
+    node.del(&b, &conf);
+}

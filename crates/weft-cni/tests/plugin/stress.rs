@@ -103,7 +103,8 @@ fn a_hundred_concurrent_adds_get_distinct_addresses() {
     }
     let valid: Vec<(&Pod, Value)> = pods.iter().zip(results.iter().cloned()).collect();
     assert_only(&node, &valid);
-    assert_eq!(node.nft_pod_elements().len(), 100);
+    // ipMasq is per network: a hundred pods, no per-pod elements.
+    assert!(node.nft_pod_elements().is_empty());
 
     // Two pods picked from both ends still talk.
     pods[0].ping(&result_ips(&results[99])[0]);
