@@ -25,7 +25,7 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     if conf.ipam_is_builtin() {
         // Read under the lock, then let it go: the slow part (the kernel
         // deleting the veth) must not serialise every other ADD and DEL.
-        let (record, orphans) = {
+        let record = {
             let store =
                 IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
             match store
@@ -33,7 +33,7 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 .as_deref()
                 .and_then(Record::parse)
             {
-                Some(r) => (r, Vec::new()),
+                Some(r) => r,
                 None => {
                     // No record: a crash before it was written, or an
                     // attachment made by host-local itself. Scan.
@@ -59,11 +59,10 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                         nat: nat_for(conf, &held),
                         ..Default::default()
                     };
-                    (r, held)
+                    r
                 }
             }
         };
-        let _ = orphans;
         teardown(&record, &mut errors);
         let store =
             IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;

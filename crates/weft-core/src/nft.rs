@@ -71,11 +71,7 @@ fn fam(ip: &IpAddr) -> (&'static str, &'static str) {
 pub fn skeleton() -> String {
     let t = TABLE;
     let mut s = format!("add table inet {t}\n");
-    for (v, addr, mcast) in [
-        ("4", "ipv4_addr", "224.0.0.0/4"),
-        ("6", "ipv6_addr", "ff00::/8"),
-    ] {
-        let _ = mcast;
+    for (v, addr) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
         let _ = writeln!(
             s,
             "add set inet {t} nets{v} {{ type {addr}; flags interval; }}"
