@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod egress;
 pub mod manifest;
 pub mod routes;
+pub mod services;
 pub mod subnets;
 
 pub use cluster::{ClusterState, Object, ObjectKey};
