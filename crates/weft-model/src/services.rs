@@ -241,7 +241,7 @@ fn view(state: &ClusterState, svc: &Service) -> Option<ServiceView> {
                     publish_not_ready,
                 ));
             }
-            backends.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
+            backends.sort_by_key(|b| (b.ip, b.port));
             backends.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
             Some(PortView {
                 name: pname,
