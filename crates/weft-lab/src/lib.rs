@@ -660,6 +660,36 @@ fn apply_objects(
                 st.save(dir)?;
                 report.push(format!("pod/{}/{} created", k.namespace, k.name));
             }
+            Object::Service(svc) => {
+                // Allocate as the API server would, against what is stored.
+                let mut cluster = weft_model::ClusterState::default();
+                for o in manifest::load(&dir.join("cluster")).unwrap_or_default() {
+                    cluster.apply(o);
+                }
+                let key = o.key();
+                let previous = match cluster.objects.get(&key) {
+                    Some(Object::Service(p)) => Some(p.as_ref().clone()),
+                    _ => None,
+                };
+                let mut svc = svc.as_ref().clone();
+                svc.metadata.namespace = Some(key.namespace.clone());
+                let cidr: IpNet = weft_model::alloc::DEFAULT_SERVICE_CIDR
+                    .parse()
+                    .expect("constant");
+                weft_model::alloc::allocate(&mut svc, previous.as_ref(), &cluster, cidr)
+                    .map_err(|e| msg(format!("service/{}/{}: {e}", key.namespace, key.name)))?;
+                store(dir, &Object::Service(Box::new(svc)))?;
+                report.push(format!(
+                    "service/{}/{} {}",
+                    key.namespace,
+                    key.name,
+                    if previous.is_some() {
+                        "configured"
+                    } else {
+                        "created"
+                    }
+                ));
+            }
             other => {
                 let existed = manifest_path(dir, other).exists();
                 store(dir, other)?;
@@ -946,5 +976,46 @@ pub fn render_status(env: &LabEnv, st: &LabState) -> String {
         ]);
     }
     out.push_str(&table(pods));
+    let services: Vec<k8s_openapi::api::core::v1::Service> =
+        manifest::load(&env.dir(&st.name).join("cluster/service"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+    if !services.is_empty() {
+        out.push('\n');
+        let mut rows = vec![vec![
+            "SERVICE".into(),
+            "TYPE".into(),
+            "CLUSTER-IP".into(),
+            "PORTS".into(),
+        ]];
+        for s in services {
+            let spec = s.spec.unwrap_or_default();
+            let ports: Vec<String> = spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| match p.node_port {
+                    Some(n) => format!("{}:{n}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+                    None => format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+                })
+                .collect();
+            rows.push(vec![
+                format!(
+                    "{}/{}",
+                    s.metadata.namespace.unwrap_or_else(|| "default".into()),
+                    s.metadata.name.unwrap_or_default()
+                ),
+                spec.type_.unwrap_or_else(|| "ClusterIP".into()),
+                spec.cluster_ip.unwrap_or_default(),
+                ports.join(","),
+            ]);
+        }
+        out.push_str(&table(rows));
+    }
     out
 }

@@ -6,6 +6,7 @@
 //! the same `ClusterState`. Compilers read a `ClusterState` and return
 //! values; they never touch the kernel, so they are tested as tables.
 
+pub mod alloc;
 pub mod cluster;
 pub mod egress;
 pub mod manifest;

@@ -124,6 +124,11 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
             .map_err(|e| read_err(&d, e))?
             .flatten()
         {
+            // Dot-names are bookkeeping (weft's own `.weft/`, editors' swap
+            // files), not manifests.
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);

@@ -128,3 +128,30 @@ fn two_labs_run_side_by_side() {
         "a second up of a running lab must fail"
     );
 }
+
+#[test]
+fn services_get_cluster_ips_and_node_ports_like_the_api_server_gives() {
+    let lab = up(demo());
+    let s = lab.status();
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("default/web ") && l.contains("NodePort"))
+        .unwrap_or_else(|| panic!("no web service in status:\n{s}"));
+    assert!(
+        line.contains("10.96.0.16") && line.contains("80:30000/TCP"),
+        "{line}"
+    );
+    // Re-applying keeps the allocation; a clash is refused by field.
+    let out = lab.apply(&std::fs::read_to_string(demo().join("service.yaml")).unwrap());
+    assert!(out.contains("service/default/web configured"), "{out}");
+    let f = common::write_temp(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec: {clusterIP: 10.96.0.16, ports: [{port: 1}]}\n",
+    );
+    let o = weft(&["lab", "apply", "--name", &lab.0, "-f", f.to_str().unwrap()]);
+    let _ = std::fs::remove_file(f);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("spec.clusterIP"),
+        "{err}"
+    );
+}
