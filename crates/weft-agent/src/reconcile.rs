@@ -126,9 +126,12 @@ impl Reconciler {
             .filter_map(routes::node_view)
             .map(|v| v.ip)
             .collect();
-        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips);
+        // Egress NAT and the Service proxy share `table inet weft` (the
+        // proxy uses egress's cluster4 set), so they go in one transaction.
+        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips)
+            + &weft_model::proxy::ruleset(&weft_model::services::services(&state), &cfg.node_name);
         if self.last_egress.as_deref() != Some(&egress) {
-            weft_kernel::nft::apply(&egress).map_err(err("egress nftables"))?;
+            weft_kernel::nft::apply(&egress).map_err(err("nftables"))?;
             self.last_egress = Some(egress);
         }
 

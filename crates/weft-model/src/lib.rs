@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod cluster;
 pub mod egress;
 pub mod manifest;
+pub mod proxy;
 pub mod routes;
 pub mod services;
 pub mod subnets;

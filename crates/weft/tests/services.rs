@@ -1,0 +1,141 @@
+//! Services through the agent's nftables proxy, with real packets on a
+//! 3-node lab (issue 4, first part: ClusterIP, NodePort, rejects).
+
+mod common;
+
+use common::{eventually, write_temp, Lab};
+use std::collections::BTreeSet;
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: w1, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, command: [socat, "TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo w1"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: w2, labels: {app: web}}
+spec: {nodeName: node-2, containers: [{name: c, command: [socat, "TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo w2"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: who, labels: {app: who}}
+spec: {nodeName: node-2, containers: [{name: c, command: [socat, "TCP-LISTEN:9000,reuseaddr,fork", "SYSTEM:echo $SOCAT_PEERADDR"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec: {nodeName: node-3, containers: [{name: c, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: who}
+spec:
+  selector: {app: who}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nothing}
+  ports: [{port: 80}]
+"#;
+
+fn get(lab: &Lab, from: &str, addr: &str) -> Result<String, String> {
+    let o = lab.exec(
+        from,
+        &["timeout", "3", "socat", "-", &format!("TCP:{addr}")],
+    );
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
+fn service_ip(lab: &Lab, name: &str) -> String {
+    let s = lab.status();
+    s.lines()
+        .find(|l| l.starts_with(&format!("default/{name} ")))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no service {name}:\n{s}"))
+        .to_string()
+}
+
+#[test]
+fn cluster_ip_node_port_and_rejects_with_real_packets() {
+    let f = write_temp(MANIFESTS);
+    let lab = Lab::up(&["--nodes", "3", "-f", f.to_str().unwrap()]);
+    let _ = std::fs::remove_file(f);
+    let web = service_ip(&lab, "web");
+    let who = service_ip(&lab, "who");
+    let empty = service_ip(&lab, "empty");
+
+    // Load-balanced across backends on two other nodes, from a pod.
+    let mut seen = BTreeSet::new();
+    assert!(
+        eventually(10, || {
+            if let Ok(r) = get(&lab, "default/client", &format!("{web}:80")) {
+                seen.insert(r);
+            }
+            seen.len() == 2
+        }),
+        "ClusterIP reached only {seen:?}"
+    );
+    // From a node, too.
+    assert!(get(&lab, "node/node-1", &format!("{web}:80")).is_ok());
+
+    // Pod → Service → pod keeps the client pod's address.
+    let client_ip = lab.ip_of("default/client");
+    assert_eq!(
+        get(&lab, "default/client", &format!("{who}:9000")).unwrap(),
+        client_ip
+    );
+
+    // The NodePort answers on every node, from outside the cluster.
+    let np = lab
+        .status()
+        .lines()
+        .find(|l| l.starts_with("default/web "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|p| p.split(':').nth(1))
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .to_string();
+    for n in ["node-1", "node-2", "node-3"] {
+        let ip = lab.node_ip(n);
+        let r = get(&lab, "external", &format!("{ip}:{np}"));
+        assert!(
+            matches!(r.as_deref(), Ok("w1" | "w2")),
+            "NodePort on {n}: {r:?}"
+        );
+    }
+
+    // No endpoints: refused at once, not a timeout.
+    let r = get(&lab, "default/client", &format!("{empty}:80"));
+    assert!(r.as_ref().is_err_and(|e| e.contains("refused")), "{r:?}");
+
+    // A backend going away leaves only the other.
+    lab.delete(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: w2}\nspec: {containers: [{name: c}]}\n",
+    );
+    assert!(
+        eventually(5, || (0..6).all(|_| get(
+            &lab,
+            "default/client",
+            &format!("{web}:80")
+        )
+        .as_deref()
+            == Ok("w1"))),
+        "a deleted backend still gets traffic"
+    );
+}
