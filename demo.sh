@@ -10,7 +10,7 @@ W=target/release/weft
 
 $W lab down --name demo >/dev/null 2>&1 || true
 $W lab up --name demo -f examples/demo
-web=$($W lab status --name demo | awk '$1=="default/web"{print $3}')
+web=$($W lab status --name demo | awk '$1=="default/web" && $2 ~ /^node-/{print $3}')
 sleep 0.5
 
 echo
@@ -19,6 +19,10 @@ $W lab exec --name demo default/client -- ping -c 2 "$web"
 echo
 echo "# client pod -> web pod, HTTP:"
 $W lab exec --name demo default/client -- busybox wget -qO- "http://$web:8080/"
+svc=$($W lab status --name demo | awk '$1=="default/web" && $2=="NodePort"{print $3}')
+echo
+echo "# client pod -> Service web ($svc), proxied by the node's agent:"
+$W lab exec --name demo default/client -- busybox wget -qO- "http://$svc/"
 echo
 echo "# the node's side: bridge weft0 with the pods' veths"
 $W lab exec --name demo node/node-1 -- ip -br link show master weft0
