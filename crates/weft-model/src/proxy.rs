@@ -32,8 +32,11 @@ fn proto(p: Proto) -> &'static str {
 /// The script that makes the proxy's part of `table inet weft` exactly
 /// this. `node` is the node the agent runs on (traffic policy Local).
 pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
-    let mut frontends: Vec<(IpAddr, Proto, u16, usize)> = Vec::new(); // → lb-N
-    let mut nodeports: Vec<(Proto, u16, usize)> = Vec::new(); // → np-N
+    // (…, backend count, chain prefix): lb/np mark off-cluster clients for
+    // masquerade; lbl/npl (externalTrafficPolicy Local) keep the client's
+    // address, which is safe because only this node's backends are used.
+    let mut frontends: Vec<(IpAddr, Proto, u16, usize, &str)> = Vec::new();
+    let mut nodeports: Vec<(Proto, u16, usize, &str)> = Vec::new();
     let mut backends: Vec<String> = Vec::new();
     let mut np_backends: Vec<String> = Vec::new();
     let mut no_ep: Vec<(IpAddr, Proto, u16)> = Vec::new();
@@ -54,9 +57,10 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
             } else {
                 usable(&p.backends)
             };
-            let mut fronts: Vec<(IpAddr, &Vec<&crate::services::Backend>)> = Vec::new();
+            let ext_chain = if s.external_local { "lbl" } else { "lb" };
+            let mut fronts: Vec<(IpAddr, &Vec<&crate::services::Backend>, &str)> = Vec::new();
             for ip in s.cluster_ips.iter().filter(|i| i.is_ipv4()) {
-                fronts.push((*ip, &internal));
+                fronts.push((*ip, &internal, "lb"));
             }
             for ip in s
                 .external_ips
@@ -64,16 +68,16 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
                 .chain(&s.lb_ips)
                 .filter(|i| i.is_ipv4())
             {
-                fronts.push((*ip, &external));
+                fronts.push((*ip, &external, ext_chain));
             }
-            for (ip, bs) in fronts {
+            for (ip, bs, chain) in fronts {
                 let v4: Vec<_> = bs.iter().filter(|b| b.ip.is_ipv4()).collect();
                 if v4.is_empty() {
                     no_ep.push((ip, p.protocol, p.port));
                     continue;
                 }
                 counts.insert(v4.len());
-                frontends.push((ip, p.protocol, p.port, v4.len()));
+                frontends.push((ip, p.protocol, p.port, v4.len(), chain));
                 for (i, b) in v4.iter().enumerate() {
                     hairpin.insert(b.ip);
                     backends.push(format!(
@@ -92,7 +96,8 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
                     continue;
                 }
                 counts.insert(v4.len());
-                nodeports.push((p.protocol, np, v4.len()));
+                let chain = if s.external_local { "npl" } else { "np" };
+                nodeports.push((p.protocol, np, v4.len(), chain));
                 for (i, b) in v4.iter().enumerate() {
                     np_backends.push(format!(
                         "{} . {np} . {i} : {} . {}",
@@ -176,26 +181,30 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
         "add rule inet {T} svc-reject reject with icmpx port-unreachable"
     );
     for n in &counts {
-        let _ = writeln!(s, "add chain inet {T} lb-{n}");
-        let _ = writeln!(s, "flush chain inet {T} lb-{n}");
-        let _ = writeln!(
-            s,
-            "add rule inet {T} lb-{n} ip saddr != @cluster4 meta mark set meta mark or {MASQ_MARK:#x}"
-        );
-        let _ = writeln!(
-            s,
-            "add rule inet {T} lb-{n} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} map @be4"
-        );
-        let _ = writeln!(s, "add chain inet {T} np-{n}");
-        let _ = writeln!(s, "flush chain inet {T} np-{n}");
-        let _ = writeln!(
-            s,
-            "add rule inet {T} np-{n} meta mark set meta mark or {MASQ_MARK:#x}"
-        );
-        let _ = writeln!(
-            s,
-            "add rule inet {T} np-{n} dnat ip to meta l4proto . th dport . numgen random mod {n} map @npbe4"
-        );
+        for (chain, mark, key, map) in [
+            (
+                "lb",
+                "ip saddr != @cluster4 ",
+                "ip daddr . meta l4proto . th dport",
+                "be4",
+            ),
+            ("lbl", "", "ip daddr . meta l4proto . th dport", "be4"),
+            ("np", "", "meta l4proto . th dport", "npbe4"),
+            ("npl", "", "meta l4proto . th dport", "npbe4"),
+        ] {
+            let _ = writeln!(s, "add chain inet {T} {chain}-{n}");
+            let _ = writeln!(s, "flush chain inet {T} {chain}-{n}");
+            if chain == "lb" || chain == "np" {
+                let _ = writeln!(
+                    s,
+                    "add rule inet {T} {chain}-{n} {mark}meta mark set meta mark or {MASQ_MARK:#x}"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "add rule inet {T} {chain}-{n} dnat ip to {key} . numgen random mod {n} map @{map}"
+            );
+        }
     }
     for c in ["svc-nat-pre", "svc-nat-out"] {
         let _ = writeln!(
@@ -231,7 +240,10 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
             join(
                 frontends
                     .iter()
-                    .map(|(ip, p, port, n)| format!("{ip} . {} . {port} : goto lb-{n}", proto(*p)))
+                    .map(|(ip, p, port, n, c)| format!(
+                        "{ip} . {} . {port} : goto {c}-{n}",
+                        proto(*p)
+                    ))
                     .collect()
             )
         );
@@ -244,7 +256,7 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
             join(
                 nodeports
                     .iter()
-                    .map(|(p, port, n)| format!("{} . {port} : goto np-{n}", proto(*p)))
+                    .map(|(p, port, n, c)| format!("{} . {port} : goto {c}-{n}", proto(*p)))
                     .collect()
             )
         );
@@ -346,6 +358,7 @@ status: {phase: Running, podIP: 10.244.1.2}
         );
         // One lb chain per backend count, not per Service.
         assert_eq!(s.matches("add chain inet weft lb-").count(), 1);
+        assert_eq!(s.matches("add chain inet weft lbl-").count(), 1);
     }
 
     #[test]

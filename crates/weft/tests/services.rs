@@ -44,6 +44,23 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: who-local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: who}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: who-cluster}
+spec:
+  type: NodePort
+  selector: {app: who}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: empty}
 spec:
   selector: {app: nothing}
@@ -119,6 +136,42 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
             "NodePort on {n}: {r:?}"
         );
     }
+
+    // externalTrafficPolicy: Local keeps the external client's address and
+    // uses only the node's own backends (who runs on node-2); Cluster
+    // masquerades to the node.
+    let node_port = |svc: &str| {
+        lab.status()
+            .lines()
+            .find(|l| l.starts_with(&format!("default/{svc} ")) && l.contains("NodePort"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|p| p.split(':').nth(1))
+            .and_then(|p| p.split('/').next())
+            .unwrap()
+            .to_string()
+    };
+    let (local, cluster) = (node_port("who-local"), node_port("who-cluster"));
+    let n2 = lab.node_ip("node-2");
+    assert_eq!(
+        get(&lab, "external", &format!("{n2}:{local}")).unwrap(),
+        "172.30.0.254"
+    );
+    let n1 = lab.node_ip("node-1");
+    assert!(
+        get(&lab, "external", &format!("{n1}:{local}")).is_err(),
+        "node-1 has no local backend"
+    );
+    // Cluster policy masquerades to the address node-1 forwards from (its
+    // VXLAN address here, as flannel-style nodes do).
+    let seen = get(&lab, "external", &format!("{n1}:{cluster}")).unwrap();
+    let own = lab.sh(
+        "node/node-1",
+        "ip -o addr show | awk '{print $4}' | cut -d/ -f1",
+    );
+    assert!(
+        own.lines().any(|a| a == seen),
+        "Cluster policy: {seen} is not node-1's:\n{own}"
+    );
 
     // No endpoints: refused at once, not a timeout.
     let r = get(&lab, "default/client", &format!("{empty}:80"));
