@@ -43,6 +43,19 @@ spec:
   ports: [{port: 9000}]
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: client2}
+spec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: who-internal}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: who}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
 kind: Service
 metadata: {name: who-local}
 spec:
@@ -171,6 +184,18 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
     assert!(
         own.lines().any(|a| a == seen),
         "Cluster policy: {seen} is not node-1's:\n{own}"
+    );
+
+    // internalTrafficPolicy: Local: only pods on the backend's node get in.
+    let internal = service_ip(&lab, "who-internal");
+    let client2 = lab.ip_of("default/client2");
+    assert_eq!(
+        get(&lab, "default/client2", &format!("{internal}:9000")).unwrap(),
+        client2
+    );
+    assert!(
+        get(&lab, "default/client", &format!("{internal}:9000")).is_err(),
+        "node-3 has no local backend"
     );
 
     // No endpoints: refused at once, not a timeout.
