@@ -94,24 +94,25 @@ impl Lab {
     }
 
     pub fn apply(&self, yaml: &str) -> String {
-        let f = write_temp(yaml);
-        let out = ok(&["lab", "apply", "--name", &self.0, "-f", f.to_str().unwrap()]);
-        let _ = std::fs::remove_file(f);
-        out
+        self.with_manifest("apply", yaml)
     }
 
     pub fn delete(&self, yaml: &str) -> String {
+        self.with_manifest("delete", yaml)
+    }
+
+    /// `lab <verb> -f <temp file>`; the file is gone before any assertion.
+    fn with_manifest(&self, verb: &str, yaml: &str) -> String {
         let f = write_temp(yaml);
-        let out = ok(&[
-            "lab",
-            "delete",
-            "--name",
-            &self.0,
-            "-f",
-            f.to_str().unwrap(),
-        ]);
+        let o = weft(&["lab", verb, "--name", &self.0, "-f", f.to_str().unwrap()]);
         let _ = std::fs::remove_file(f);
-        out
+        assert!(
+            o.status.success(),
+            "weft lab {verb} failed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
 
