@@ -31,6 +31,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   done
 fi
 command -v cargo >/dev/null 2>&1 || {
-  echo "cargo not found: weft needs a Rust toolchain >= 1.85 (rustup)" >&2
+  echo "cargo not found: weft needs a Rust toolchain >= 1.89 (rustup)" >&2
   exit 1
 }
