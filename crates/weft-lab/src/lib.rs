@@ -325,7 +325,8 @@ fn add_node(
     if let Some(n) = st.nodes.iter_mut().find(|n| n.name == name) {
         n.agent_pid = Some(pid);
     }
-    st.save(dir)
+    st.save(dir)?;
+    route_lb_ips(st, dir)
 }
 
 /// Starts the node's agent under a restart loop, as a DaemonSet's pod
@@ -599,11 +600,93 @@ fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Resul
     }
     st.nodes.retain(|n| n.name != name);
     st.save(dir)?;
+    if let Err(e) = route_lb_ips(st, dir) {
+        errors.push(e.to_string());
+    }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(msg(errors.join("\n")))
     }
+}
+
+/// The lab's stand-in for a cloud load balancer: LoadBalancer Services get
+/// an address from this range in status.loadBalancer.ingress, and the
+/// external host routes it to the nodes (ECMP over all of them).
+const LB_POOL: &str = "172.30.1.0/24";
+
+fn lb_ips_of(s: &k8s_openapi::api::core::v1::Service) -> Vec<String> {
+    s.status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+fn assign_lb_ip(
+    svc: &mut k8s_openapi::api::core::v1::Service,
+    previous: Option<&k8s_openapi::api::core::v1::Service>,
+    cluster: &weft_model::ClusterState,
+) {
+    let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+    if !is_lb || !lb_ips_of(svc).is_empty() {
+        return;
+    }
+    let kept = previous.map(lb_ips_of).unwrap_or_default();
+    let ip = match kept.first() {
+        Some(ip) => ip.clone(),
+        None => {
+            let used: Vec<String> = cluster
+                .objects
+                .values()
+                .filter_map(|o| match o {
+                    Object::Service(s) => Some(lb_ips_of(s)),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let pool: IpNet = LB_POOL.parse().expect("constant");
+            match pool
+                .hosts()
+                .map(|h| h.to_string())
+                .find(|h| !used.contains(h))
+            {
+                Some(ip) => ip,
+                None => return, // pool exhausted: stays pending, as in a cloud
+            }
+        }
+    };
+    let status = svc.status.get_or_insert_with(Default::default);
+    status.load_balancer = Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+        ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+            ip: Some(ip),
+            ..Default::default()
+        }]),
+    });
+}
+
+/// Routes every LoadBalancer IP from the external host to all nodes.
+fn route_lb_ips(st: &LabState, dir: &Path) -> Result<(), LabError> {
+    let services = manifest::load(&dir.join("cluster/service")).unwrap_or_default();
+    let hops: Vec<String> = st.nodes.iter().map(|n| n.ip.to_string()).collect();
+    if hops.is_empty() {
+        return Ok(());
+    }
+    for o in services {
+        let Object::Service(s) = o else { continue };
+        for ip in lb_ips_of(&s) {
+            let mut args: Vec<String> = vec!["route".into(), "replace".into(), format!("{ip}/32")];
+            for h in &hops {
+                args.extend(["nexthop".into(), "via".into(), h.clone()]);
+            }
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            ipn(&st.external_netns, &a)?;
+        }
+    }
+    Ok(())
 }
 
 /// Changes the running lab the way `kubectl apply` changes a cluster; one
@@ -678,7 +761,9 @@ fn apply_objects(
                     .expect("constant");
                 weft_model::alloc::allocate(&mut svc, previous.as_ref(), &cluster, cidr)
                     .map_err(|e| msg(format!("service/{}/{}: {e}", key.namespace, key.name)))?;
+                assign_lb_ip(&mut svc, previous.as_ref(), &cluster);
                 store(dir, &Object::Service(Box::new(svc)))?;
+                route_lb_ips(st, dir)?;
                 report.push(format!(
                     "service/{}/{} {}",
                     key.namespace,
@@ -992,8 +1077,10 @@ pub fn render_status(env: &LabEnv, st: &LabState) -> String {
             "TYPE".into(),
             "CLUSTER-IP".into(),
             "PORTS".into(),
+            "EXTERNAL-IP".into(),
         ]];
         for s in services {
+            let lb = lb_ips_of(&s);
             let spec = s.spec.unwrap_or_default();
             let ports: Vec<String> = spec
                 .ports
@@ -1013,6 +1100,15 @@ pub fn render_status(env: &LabEnv, st: &LabState) -> String {
                 spec.type_.unwrap_or_else(|| "ClusterIP".into()),
                 spec.cluster_ip.unwrap_or_default(),
                 ports.join(","),
+                {
+                    let mut e: Vec<String> = spec.external_ips.unwrap_or_default();
+                    e.extend(lb);
+                    if e.is_empty() {
+                        "-".into()
+                    } else {
+                        e.join(",")
+                    }
+                },
             ]);
         }
         out.push_str(&table(rows));

@@ -225,11 +225,23 @@ fn agent_restart_loses_no_packets_and_converges_without_duplicates() {
     std::thread::sleep(Duration::from_millis(500));
     let e = routing_entries(&lab, "node-2");
     assert_eq!(e.lines().count(), 6, "node-2 after restart:\n{e}");
-    let healthz = lab.sh(
-        "node/node-2",
-        "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:9105",
+    // Healthy again once the new agent has synced.
+    let mut healthz = String::new();
+    assert!(
+        eventually(10, || {
+            let o = lab.exec(
+                "node/node-2",
+                &[
+                    "sh",
+                    "-c",
+                    "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:9105",
+                ],
+            );
+            healthz = String::from_utf8_lossy(&o.stdout).into_owned();
+            healthz.contains("200 OK")
+        }),
+        "{healthz}"
     );
-    assert!(healthz.contains("200 OK"), "{healthz}");
 }
 
 #[test]

@@ -74,6 +74,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: empty}
 spec:
   selector: {app: nothing}
@@ -196,6 +204,22 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
     assert!(
         get(&lab, "default/client", &format!("{internal}:9000")).is_err(),
         "node-3 has no local backend"
+    );
+
+    // LoadBalancer: the lab gives it an address and routes it from the
+    // external host to the nodes, as a cloud load balancer would.
+    let lb = lab
+        .status()
+        .lines()
+        .find(|l| l.starts_with("default/web-lb "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap()
+        .to_string();
+    assert!(lb.starts_with("172.30.1."), "{lb}");
+    let r = get(&lab, "external", &format!("{lb}:80"));
+    assert!(
+        matches!(r.as_deref(), Ok("w1" | "w2")),
+        "LoadBalancer IP: {r:?}"
     );
 
     // No endpoints: refused at once, not a timeout.
