@@ -106,7 +106,8 @@ impl Net {
         Ok(Net { rt, handle })
     }
 
-    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, KernelError> {
+    /// The raw message of the link called `name`, if there is one.
+    pub(crate) fn link_msg_by_name(&self, name: &str) -> Result<Option<LinkMessage>, KernelError> {
         let h = self.handle.clone();
         let name = name.to_string();
         self.rt.block_on(async move {
@@ -118,8 +119,7 @@ impl Net {
                 .try_next()
                 .await
             {
-                Ok(Some(m)) => Ok(Some(link_from_msg(&m))),
-                Ok(None) => Ok(None),
+                Ok(m) => Ok(m),
                 Err(e) => {
                     let ke = KernelError::netlink(format!("get link {name}"), e);
                     if ke.is_not_found() {
@@ -130,6 +130,10 @@ impl Net {
                 }
             }
         })
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, KernelError> {
+        Ok(self.link_msg_by_name(name)?.as_ref().map(link_from_msg))
     }
 
     pub fn link_by_index(&self, index: u32) -> Result<Option<Link>, KernelError> {

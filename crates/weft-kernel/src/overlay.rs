@@ -68,21 +68,7 @@ impl Net {
     /// does (a restart must not disturb traffic), re-created when its
     /// identity differs, with MAC/MTU fixed in place.
     pub fn ensure_vxlan(&self, p: &VxlanParams) -> Result<Link, KernelError> {
-        let h = self.handle.clone();
-        let name = p.name.clone();
-        let existing = self.rt.block_on(async move {
-            match h.link().get().match_name(name).execute().try_next().await {
-                Ok(m) => Ok(m),
-                Err(e) => {
-                    let ke = KernelError::netlink("get vxlan", e);
-                    if ke.is_not_found() {
-                        Ok(None)
-                    } else {
-                        Err(ke)
-                    }
-                }
-            }
-        })?;
+        let existing = self.link_msg_by_name(&p.name)?;
         if let Some(m) = &existing {
             let (id, port, local, link) = vxlan_info(m);
             let same = id == Some(p.vni)
