@@ -43,6 +43,9 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
     let mut np_no_ep: Vec<(Proto, u16)> = Vec::new();
     let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new(); // backends: ip . ip
     let mut counts: BTreeSet<usize> = BTreeSet::new();
+    // loadBalancerSourceRanges: restricted LB frontends, and who may use them.
+    let mut restricted: Vec<String> = Vec::new();
+    let mut allowed: Vec<String> = Vec::new();
     for s in svcs {
         for p in &s.ports {
             // Internal traffic (ClusterIP): all usable backends, or this
@@ -69,6 +72,20 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
                 .filter(|i| i.is_ipv4())
             {
                 fronts.push((*ip, &external, ext_chain));
+            }
+            let ranges: Vec<_> = s
+                .lb_source_ranges
+                .iter()
+                .filter(|r| r.addr().is_ipv4())
+                .collect();
+            if !ranges.is_empty() {
+                for ip in s.lb_ips.iter().filter(|i| i.is_ipv4()) {
+                    let key = format!("{ip} . {} . {}", proto(p.protocol), p.port);
+                    for r in &ranges {
+                        allowed.push(format!("{key} . {}", r.trunc()));
+                    }
+                    restricted.push(key);
+                }
             }
             for (ip, bs, chain) in fronts {
                 let v4: Vec<_> = bs.iter().filter(|b| b.ip.is_ipv4()).collect();
@@ -153,7 +170,15 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
     for m in ["svc4", "np4", "be4", "npbe4"] {
         let _ = writeln!(s, "flush map inet {T} {m}");
     }
-    for m in ["noep4", "npnoep4", "hairpin4"] {
+    let _ = writeln!(
+        s,
+        "add set inet {T} lbsr4 {{ type ipv4_addr . inet_proto . inet_service; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add set inet {T} lbsrok4 {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}"
+    );
+    for m in ["noep4", "npnoep4", "hairpin4", "lbsr4", "lbsrok4"] {
         let _ = writeln!(s, "flush set inet {T} {m}");
     }
     for (chain, hook, prio) in [
@@ -163,6 +188,8 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
         ("svc-reject-fwd", "filter hook forward", -10),
         ("svc-reject-out", "filter hook output", -10),
         ("svc-reject-in", "filter hook input", -10),
+        // Before DNAT rewrites the LB address away.
+        ("svc-src-pre", "filter hook prerouting", -110),
     ] {
         let _ = writeln!(
             s,
@@ -224,6 +251,10 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
     let _ = writeln!(
         s,
         "add rule inet {T} svc-nat-post ct status dnat ip saddr . ip daddr @hairpin4 masquerade"
+    );
+    let _ = writeln!(
+        s,
+        "add rule inet {T} svc-src-pre ip daddr . meta l4proto . th dport @lbsr4 ip daddr . meta l4proto . th dport . ip saddr != @lbsrok4 drop"
     );
     for c in ["svc-reject-fwd", "svc-reject-out", "svc-reject-in"] {
         let _ = writeln!(s, "add rule inet {T} {c} ct state new ip daddr . meta l4proto . th dport @noep4 goto svc-reject");
@@ -288,6 +319,18 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
                     .map(|(p, port)| format!("{} . {port}", proto(*p)))
                     .collect()
             )
+        );
+    }
+    if !restricted.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element inet {T} lbsr4 {{ {} }}",
+            restricted.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "add element inet {T} lbsrok4 {{ {} }}",
+            allowed.join(", ")
         );
     }
     if !hairpin.is_empty() {

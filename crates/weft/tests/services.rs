@@ -82,6 +82,24 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-lb-closed}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [10.0.0.0/8]
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb-open}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [172.30.0.0/24]
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: empty}
 spec:
   selector: {app: nothing}
@@ -220,6 +238,26 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
     assert!(
         matches!(r.as_deref(), Ok("w1" | "w2")),
         "LoadBalancer IP: {r:?}"
+    );
+
+    // loadBalancerSourceRanges: only the listed sources get through.
+    let lb_of = |svc: &str| {
+        lab.status()
+            .lines()
+            .find(|l| l.starts_with(&format!("default/{svc} ")))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .unwrap()
+            .to_string()
+    };
+    let open = get(&lab, "external", &format!("{}:80", lb_of("web-lb-open")));
+    assert!(
+        matches!(open.as_deref(), Ok("w1" | "w2")),
+        "allowed source: {open:?}"
+    );
+    let closed = get(&lab, "external", &format!("{}:80", lb_of("web-lb-closed")));
+    assert!(
+        closed.is_err(),
+        "a source outside loadBalancerSourceRanges got in: {closed:?}"
     );
 
     // No endpoints: refused at once, not a timeout.
