@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use netlink_packet_route::AddressFamily;
@@ -153,20 +153,6 @@ impl Net {
         })
     }
 
-    pub fn links(&self) -> Result<Vec<Link>, KernelError> {
-        let h = self.handle.clone();
-        self.rt.block_on(async move {
-            let msgs: Vec<LinkMessage> = h
-                .link()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| KernelError::netlink("list links", e))?;
-            Ok(msgs.iter().map(link_from_msg).collect())
-        })
-    }
-
     /// Creates the bridge if it is missing (concurrent creators race benignly:
     /// EEXIST means another ADD won) and brings it up.
     pub fn ensure_bridge(
@@ -296,15 +282,6 @@ impl Net {
         )
     }
 
-    pub fn set_mac(&self, index: u32, mac: &[u8]) -> Result<(), KernelError> {
-        self.set_link(
-            LinkUnspec::new_with_index(index)
-                .address(mac.to_vec())
-                .build(),
-            "set mac",
-        )
-    }
-
     pub fn del_link(&self, index: u32) -> Result<(), KernelError> {
         let h = self.handle.clone();
         let r = self
@@ -331,13 +308,7 @@ impl Net {
             Ok(msgs
                 .iter()
                 .filter(|m| m.header.index == index)
-                .filter_map(|m| {
-                    let plen = m.header.prefix_len;
-                    m.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(ip) => IpNet::new(*ip, plen).ok(),
-                        _ => None,
-                    })
-                })
+                .filter_map(addr_of)
                 .collect())
         })
     }
@@ -437,6 +408,15 @@ impl Net {
     }
 }
 
+/// The address of a dumped address message, with its prefix.
+pub(crate) fn addr_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpNet> {
+    let plen = m.header.prefix_len;
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => IpNet::new(*ip, plen).ok(),
+        _ => None,
+    })
+}
+
 /// Destination (a missing one is the default route), gateway and output
 /// interface of a dumped route.
 pub(crate) fn parse_route(m: &RouteMessage) -> Option<RouteEntry> {
@@ -464,11 +444,6 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
         _ => None,
     }
-}
-
-/// Used by CHECK to see whether the peer is still a veth.
-pub fn is_veth(l: &Link) -> bool {
-    l.kind.as_deref() == Some(&InfoKind::Veth.to_string())
 }
 
 impl Net {

@@ -254,11 +254,16 @@ impl Net {
             IpAddr::V4(v) => NeighbourAddress::Inet(v),
             IpAddr::V6(v) => NeighbourAddress::Inet6(v),
         }));
+        self.del_neigh_msg(m, format!("delete neighbour {ip}"))
+    }
+
+    /// Deletes a neighbour or FDB entry; one already gone is fine.
+    fn del_neigh_msg(&self, m: NeighbourMessage, op: String) -> Result<(), KernelError> {
         let h = self.handle.clone();
         let r = self
             .rt
             .block_on(async move { h.neighbours().del(m).execute().await })
-            .map_err(|e| KernelError::netlink(format!("delete neighbour {ip}"), e));
+            .map_err(|e| KernelError::netlink(op, e));
         match r {
             Err(e) if e.is_not_found() => Ok(()),
             r => r,
@@ -301,15 +306,7 @@ impl Net {
                 IpAddr::V4(v) => NeighbourAddress::Inet(v),
                 IpAddr::V6(v) => NeighbourAddress::Inet6(v),
             }));
-        let h = self.handle.clone();
-        let r = self
-            .rt
-            .block_on(async move { h.neighbours().del(m).execute().await })
-            .map_err(|e| KernelError::netlink(format!("delete fdb {dst}"), e));
-        match r {
-            Err(e) if e.is_not_found() => Ok(()),
-            r => r,
-        }
+        self.del_neigh_msg(m, format!("delete fdb {dst}"))
     }
 
     /// Every address of every link: (link index, address).
@@ -325,15 +322,7 @@ impl Net {
                 .map_err(|e| KernelError::netlink("list addresses", e))?;
             Ok(msgs
                 .iter()
-                .filter_map(|m| {
-                    let plen = m.header.prefix_len;
-                    m.attributes.iter().find_map(|a| match a {
-                        netlink_packet_route::address::AddressAttribute::Address(ip) => {
-                            IpNet::new(*ip, plen).ok().map(|n| (m.header.index, n))
-                        }
-                        _ => None,
-                    })
-                })
+                .filter_map(|m| crate::net::addr_of(m).map(|n| (m.header.index, n)))
                 .collect())
         })
     }
