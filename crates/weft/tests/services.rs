@@ -118,12 +118,32 @@ fn get(lab: &Lab, from: &str, addr: &str) -> Result<String, String> {
     }
 }
 
-fn service_ip(lab: &Lab, name: &str) -> String {
+/// Column `col` of a Service's row in `lab status` (SERVICE TYPE
+/// CLUSTER-IP PORTS EXTERNAL-IP).
+fn service_col(lab: &Lab, name: &str, col: usize) -> String {
     let s = lab.status();
     s.lines()
-        .find(|l| l.starts_with(&format!("default/{name} ")))
-        .and_then(|l| l.split_whitespace().nth(2))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| {
+            c.first() == Some(&format!("default/{name}").as_str())
+                && matches!(c.get(1), Some(&("ClusterIP" | "NodePort" | "LoadBalancer")))
+        })
+        .and_then(|c| c.get(col).map(|v| v.to_string()))
         .unwrap_or_else(|| panic!("no service {name}:\n{s}"))
+}
+
+fn service_ip(lab: &Lab, name: &str) -> String {
+    service_col(lab, name, 2)
+}
+
+/// The node port of a Service's first port (`80:30000/TCP`).
+fn node_port(lab: &Lab, name: &str) -> String {
+    let ports = service_col(lab, name, 3);
+    ports
+        .split(':')
+        .nth(1)
+        .and_then(|p| p.split('/').next())
+        .unwrap_or_else(|| panic!("{name} has no node port: {ports}"))
         .to_string()
 }
 
@@ -158,15 +178,7 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
     );
 
     // The NodePort answers on every node, from outside the cluster.
-    let np = lab
-        .status()
-        .lines()
-        .find(|l| l.starts_with("default/web "))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|p| p.split(':').nth(1))
-        .and_then(|p| p.split('/').next())
-        .unwrap()
-        .to_string();
+    let np = node_port(&lab, "web");
     for n in ["node-1", "node-2", "node-3"] {
         let ip = lab.node_ip(n);
         let r = get(&lab, "external", &format!("{ip}:{np}"));
@@ -179,17 +191,7 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
     // externalTrafficPolicy: Local keeps the external client's address and
     // uses only the node's own backends (who runs on node-2); Cluster
     // masquerades to the node.
-    let node_port = |svc: &str| {
-        lab.status()
-            .lines()
-            .find(|l| l.starts_with(&format!("default/{svc} ")) && l.contains("NodePort"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|p| p.split(':').nth(1))
-            .and_then(|p| p.split('/').next())
-            .unwrap()
-            .to_string()
-    };
-    let (local, cluster) = (node_port("who-local"), node_port("who-cluster"));
+    let (local, cluster) = (node_port(&lab, "who-local"), node_port(&lab, "who-cluster"));
     let n2 = lab.node_ip("node-2");
     assert_eq!(
         get(&lab, "external", &format!("{n2}:{local}")).unwrap(),
@@ -226,13 +228,7 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
 
     // LoadBalancer: the lab gives it an address and routes it from the
     // external host to the nodes, as a cloud load balancer would.
-    let lb = lab
-        .status()
-        .lines()
-        .find(|l| l.starts_with("default/web-lb "))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .unwrap()
-        .to_string();
+    let lb = service_col(&lab, "web-lb", 4);
     assert!(lb.starts_with("172.30.1."), "{lb}");
     let r = get(&lab, "external", &format!("{lb}:80"));
     assert!(
@@ -241,20 +237,20 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
     );
 
     // loadBalancerSourceRanges: only the listed sources get through.
-    let lb_of = |svc: &str| {
-        lab.status()
-            .lines()
-            .find(|l| l.starts_with(&format!("default/{svc} ")))
-            .and_then(|l| l.split_whitespace().nth(4))
-            .unwrap()
-            .to_string()
-    };
-    let open = get(&lab, "external", &format!("{}:80", lb_of("web-lb-open")));
+    let open = get(
+        &lab,
+        "external",
+        &format!("{}:80", service_col(&lab, "web-lb-open", 4)),
+    );
     assert!(
         matches!(open.as_deref(), Ok("w1" | "w2")),
         "allowed source: {open:?}"
     );
-    let closed = get(&lab, "external", &format!("{}:80", lb_of("web-lb-closed")));
+    let closed = get(
+        &lab,
+        "external",
+        &format!("{}:80", service_col(&lab, "web-lb-closed", 4)),
+    );
     assert!(
         closed.is_err(),
         "a source outside loadBalancerSourceRanges got in: {closed:?}"
