@@ -3,6 +3,7 @@
 //! restarted agent converges without dropping a packet.
 
 use crate::metrics::Metrics;
+use crate::proxy::ServiceProxy;
 use crate::subnet::{overlay, Allocations};
 use crate::{AgentConfig, AgentError};
 use ipnet::IpNet;
@@ -23,6 +24,7 @@ pub struct Reconciler {
     allocs: Option<Allocations>,
     last_egress: Option<String>,
     last_conflist: Option<String>,
+    proxy: ServiceProxy,
 }
 
 fn err(what: &str) -> impl Fn(weft_kernel::KernelError) -> AgentError + '_ {
@@ -36,6 +38,7 @@ impl Reconciler {
             crate::SourceConfig::Dir(d) => Some(Allocations::new(d)),
             crate::SourceConfig::Kube { .. } => None,
         };
+        let proxy = ServiceProxy::new(&cfg.node_name, cfg.cluster_cidrs.clone());
         Ok(Reconciler {
             cfg,
             net,
@@ -43,6 +46,7 @@ impl Reconciler {
             allocs,
             last_egress: None,
             last_conflist: None,
+            proxy,
         })
     }
 
@@ -76,6 +80,7 @@ impl Reconciler {
     pub fn forget(&mut self) {
         self.last_egress = None;
         self.last_conflist = None;
+        self.proxy.forget();
     }
 
     pub fn sync(&mut self, snapshot: &ClusterState) -> Result<(), AgentError> {
@@ -126,13 +131,14 @@ impl Reconciler {
             .filter_map(routes::node_view)
             .map(|v| v.ip)
             .collect();
-        // Egress NAT and the Service proxy share `table inet weft` (the
-        // proxy uses egress's cluster4 set), so they go in one transaction.
-        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips)
-            + &weft_model::proxy::ruleset(&weft_model::services::services(&state), &cfg.node_name);
+        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips);
         if self.last_egress.as_deref() != Some(&egress) {
             weft_kernel::nft::apply(&egress).map_err(err("nftables"))?;
             self.last_egress = Some(egress);
+        }
+        let st = self.proxy.sync(&state)?;
+        if st.sent {
+            tracing::debug!(full = st.full, lines = st.lines, "Service rules applied");
         }
 
         let mtu = match cfg.backend {

@@ -1,25 +1,41 @@
-//! The Service ruleset (IPv4 ClusterIP, externalIPs, LoadBalancer IPs and
-//! NodePorts), compiled from `services::ServiceView`s into one nft script
-//! that replaces the proxy's maps and chains atomically.
+//! The Service ruleset: ClusterIPs, externalIPs, LoadBalancer IPs and
+//! NodePorts, IPv4 and IPv6, compiled from `services::ServiceView`s into
+//! `table inet weft-svc` as data (`nftdoc::Table`), so that the agent sends
+//! only what changed.
 //!
 //! No chain per Service: a frontend verdict map sends each connection to a
-//! chain `lb-N` (one per backend count N in use), which picks a backend with
-//! `numgen random mod N` from a flat map. Dispatch is two lookups whatever
-//! the number of Services, and a Service is one element plus one per
-//! backend. Services with no usable backend are rejected at once (TCP
-//! reset / ICMP unreachable) from filter hooks, since NAT chains cannot
-//! reject. Traffic to a Service from outside the pod network (nodes,
-//! external hosts through a NodePort) is marked and masqueraded, as
+//! chain `lb4-N` (one per backend count N, laid for every N up to
+//! `PRESET_COUNTS` so a Service growing or shrinking is elements only),
+//! which picks a backend with `numgen random mod N` from a flat map.
+//! Dispatch is two lookups whatever the number of Services, and a Service
+//! is one element plus one per backend.
+//!
+//! Session affinity (ClientIP) is the exception, as in kube-proxy: such a
+//! Service port gets a chain that first sends a client to the backend it
+//! used before (one timed set of clients per backend), else picks one.
+//! Only affinity Services pay for it.
+//!
+//! Services with no usable backend, and unknown ports on a live ClusterIP,
+//! are rejected at once (TCP reset / ICMP unreachable) from filter hooks,
+//! since NAT chains cannot reject; packets that were DNATed no longer carry
+//! the Service address, so the filter hooks see only the leftovers. Traffic
+//! to a Service from outside the pod network is marked and masqueraded, as
 //! kube-proxy does; pod → Service → pod keeps the client pod's address.
+//!
+//! The filter hooks leave room for NetworkPolicy after DNAT: a policy
+//! chain at forward priority 0 sees backend addresses.
 
-use crate::services::{usable, usable_on, Kind, Proto, ServiceView};
-use std::collections::BTreeSet;
-use std::fmt::Write;
+use crate::nftdoc::Table;
+use crate::services::{usable, usable_on, Backend, Kind, Proto, ServiceView};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-const T: &str = "weft";
+pub const TABLE: &str = "weft-svc";
 /// The packet mark bit meaning "masquerade this connection".
 pub const MASQ_MARK: u32 = 0x4000;
+/// `lb*-N` chains exist for every N up to this, used or not.
+pub const PRESET_COUNTS: usize = 16;
 
 fn proto(p: Proto) -> &'static str {
     match p {
@@ -29,25 +45,95 @@ fn proto(p: Proto) -> &'static str {
     }
 }
 
-/// The script that makes the proxy's part of `table inet weft` exactly
-/// this. `node` is the node the agent runs on (traffic policy Local).
-pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
-    // (…, backend count, chain prefix): lb/np mark off-cluster clients for
-    // masquerade; lbl/npl (externalTrafficPolicy Local) keep the client's
-    // address, which is safe because only this node's backends are used.
-    let mut frontends: Vec<(IpAddr, Proto, u16, usize, &str)> = Vec::new();
-    let mut nodeports: Vec<(Proto, u16, usize, &str)> = Vec::new();
-    let mut backends: Vec<String> = Vec::new();
-    let mut np_backends: Vec<String> = Vec::new();
-    let mut no_ep: Vec<(IpAddr, Proto, u16)> = Vec::new();
-    let mut np_no_ep: Vec<(Proto, u16)> = Vec::new();
-    let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new(); // backends: ip . ip
-    let mut counts: BTreeSet<usize> = BTreeSet::new();
-    // loadBalancerSourceRanges: restricted LB frontends, and who may use them.
-    let mut restricted: Vec<String> = Vec::new();
-    let mut allowed: Vec<String> = Vec::new();
+/// What differs between the IPv4 and IPv6 halves of the ruleset.
+struct Fam {
+    v: &'static str,
+    ip: &'static str,
+    addr: &'static str,
+    nfproto: &'static str,
+}
+
+const V4: Fam = Fam {
+    v: "4",
+    ip: "ip",
+    addr: "ipv4_addr",
+    nfproto: "ipv4",
+};
+const V6: Fam = Fam {
+    v: "6",
+    ip: "ip6",
+    addr: "ipv6_addr",
+    nfproto: "ipv6",
+};
+
+fn fam(ip: &IpAddr) -> &'static Fam {
+    if ip.is_ipv4() {
+        &V4
+    } else {
+        &V6
+    }
+}
+
+/// A UDP frontend, for deleting stale conntrack entries when its backends
+/// change (a UDP client would otherwise keep talking to a gone backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UdpFront {
+    Ip(IpAddr, u16),
+    NodePort { v6: bool, port: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    pub table: Table,
+    /// Every UDP frontend and the backend addresses it uses now.
+    pub udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
+}
+
+/// One way into a Service port: how the client gets marked, and which
+/// backends it may use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// ClusterIP, externalIP and LB IP under the Cluster policy: masquerade
+    /// clients from outside the pod network.
+    Lb,
+    /// externalTrafficPolicy Local (or iTP Local): keep the client.
+    Local,
+    /// NodePort, Cluster policy: always masquerade.
+    NodePort,
+}
+
+impl Mode {
+    fn chain(self) -> &'static str {
+        match self {
+            Mode::Lb => "lb",
+            Mode::Local => "lbl",
+            Mode::NodePort => "np",
+        }
+    }
+}
+
+fn name_part(ip: &IpAddr) -> String {
+    ip.to_string().replace(':', "_")
+}
+
+fn dnat_target(b: &Backend) -> String {
+    match b.ip {
+        IpAddr::V4(a) => format!("{a}:{}", b.port),
+        IpAddr::V6(a) => format!("[{a}]:{}", b.port),
+    }
+}
+
+/// Compiles the Service ruleset for node `node`. `cluster_cidrs` is the
+/// pod network: clients inside it are never masqueraded.
+pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Compiled {
+    let mut t = Table::new("inet", TABLE);
+    let mut udp: BTreeMap<UdpFront, BTreeSet<IpAddr>> = BTreeMap::new();
+    let mut max_count = PRESET_COUNTS;
+    skeleton(&mut t, cluster_cidrs);
+
     for s in svcs {
         for p in &s.ports {
+            let pr = proto(p.protocol);
             // Internal traffic (ClusterIP): all usable backends, or this
             // node's for internalTrafficPolicy Local.
             let internal = if s.internal_local {
@@ -60,287 +146,372 @@ pub fn ruleset(svcs: &[ServiceView], node: &str) -> String {
             } else {
                 usable(&p.backends)
             };
-            let ext_chain = if s.external_local { "lbl" } else { "lb" };
-            let mut fronts: Vec<(IpAddr, &Vec<&crate::services::Backend>, &str)> = Vec::new();
-            for ip in s.cluster_ips.iter().filter(|i| i.is_ipv4()) {
-                fronts.push((*ip, &internal, "lb"));
+            // iTP Local narrows the backends, not who gets masqueraded.
+            let int_mode = Mode::Lb;
+            let ext_mode = if s.external_local {
+                Mode::Local
+            } else {
+                Mode::Lb
+            };
+            let mut fronts: Vec<(IpAddr, &Vec<&Backend>, Mode, bool)> = Vec::new();
+            for ip in &s.cluster_ips {
+                fronts.push((*ip, &internal, int_mode, s.internal_local));
             }
-            for ip in s
-                .external_ips
-                .iter()
-                .chain(&s.lb_ips)
-                .filter(|i| i.is_ipv4())
-            {
-                fronts.push((*ip, &external, ext_chain));
+            for ip in s.external_ips.iter().chain(&s.lb_ips) {
+                fronts.push((*ip, &external, ext_mode, s.external_local));
             }
-            let ranges: Vec<_> = s
-                .lb_source_ranges
-                .iter()
-                .filter(|r| r.addr().is_ipv4())
-                .collect();
-            if !ranges.is_empty() {
-                for ip in s.lb_ips.iter().filter(|i| i.is_ipv4()) {
-                    let key = format!("{ip} . {} . {}", proto(p.protocol), p.port);
-                    for r in &ranges {
-                        allowed.push(format!("{key} . {}", r.trunc()));
+            for ip in &s.cluster_ips {
+                t.element(&format!("cips{}", fam(ip).v), ip.to_string(), "");
+            }
+            // loadBalancerSourceRanges: who may use the LB frontends.
+            for ip in &s.lb_ips {
+                let f = fam(ip);
+                let ranges: Vec<_> = s
+                    .lb_source_ranges
+                    .iter()
+                    .filter(|r| r.addr().is_ipv4() == ip.is_ipv4())
+                    .collect();
+                if ranges.is_empty() {
+                    continue;
+                }
+                let key = format!("{ip} . {pr} . {}", p.port);
+                for r in ranges {
+                    t.element(
+                        &format!("lbsrok{}", f.v),
+                        format!("{key} . {}", r.trunc()),
+                        "",
+                    );
+                }
+                t.element(&format!("lbsr{}", f.v), key, "");
+            }
+            for (ip, bs, mode, local) in fronts {
+                let f = fam(&ip);
+                let bs: Vec<&Backend> = bs
+                    .iter()
+                    .filter(|b| b.ip.is_ipv4() == ip.is_ipv4())
+                    .copied()
+                    .collect();
+                if p.protocol == Proto::Udp {
+                    udp.insert(UdpFront::Ip(ip, p.port), bs.iter().map(|b| b.ip).collect());
+                }
+                let key = format!("{ip} . {pr} . {}", p.port);
+                if bs.is_empty() {
+                    t.element(&format!("noep{}", f.v), key, "");
+                    continue;
+                }
+                for b in &bs {
+                    t.element(
+                        &format!("hairpin{}", f.v),
+                        format!("{} . {}", b.ip, b.ip),
+                        "",
+                    );
+                }
+                let verdict = match s.affinity_timeout {
+                    Some(secs) => affinity(&mut t, f, s, pr, p.port, &bs, mode, local, secs),
+                    None => {
+                        max_count = max_count.max(bs.len());
+                        for (i, b) in bs.iter().enumerate() {
+                            t.element(
+                                &format!("be{}", f.v),
+                                format!("{key} . {i}"),
+                                format!("{} . {}", b.ip, b.port),
+                            );
+                        }
+                        format!("goto {}{}-{}", mode.chain(), f.v, bs.len())
                     }
-                    restricted.push(key);
-                }
+                };
+                t.element(&format!("svc{}", f.v), key, verdict);
             }
-            for (ip, bs, chain) in fronts {
-                let v4: Vec<_> = bs.iter().filter(|b| b.ip.is_ipv4()).collect();
-                if v4.is_empty() {
-                    no_ep.push((ip, p.protocol, p.port));
+            let (Some(np), Kind::NodePort | Kind::LoadBalancer) = (p.node_port, s.kind) else {
+                continue;
+            };
+            let np_mode = if s.external_local {
+                Mode::Local
+            } else {
+                Mode::NodePort
+            };
+            for f in [&V4, &V6] {
+                // A family the Service has no ClusterIP in is not served.
+                if !s.cluster_ips.iter().any(|c| fam(c).v == f.v) {
                     continue;
                 }
-                counts.insert(v4.len());
-                frontends.push((ip, p.protocol, p.port, v4.len(), chain));
-                for (i, b) in v4.iter().enumerate() {
-                    hairpin.insert(b.ip);
-                    backends.push(format!(
-                        "{ip} . {} . {} . {i} : {} . {}",
-                        proto(p.protocol),
+                let bs: Vec<&Backend> = external
+                    .iter()
+                    .filter(|b| fam(&b.ip).v == f.v)
+                    .copied()
+                    .collect();
+                if p.protocol == Proto::Udp {
+                    udp.insert(
+                        UdpFront::NodePort {
+                            v6: f.v == "6",
+                            port: np,
+                        },
+                        bs.iter().map(|b| b.ip).collect(),
+                    );
+                }
+                let key = format!("{pr} . {np}");
+                if bs.is_empty() {
+                    t.element(&format!("npnoep{}", f.v), key, "");
+                    continue;
+                }
+                let verdict = match s.affinity_timeout {
+                    Some(secs) => affinity(
+                        &mut t,
+                        f,
+                        s,
+                        pr,
                         p.port,
-                        b.ip,
-                        b.port
-                    ));
-                }
-            }
-            if let (Some(np), Kind::NodePort | Kind::LoadBalancer) = (p.node_port, s.kind) {
-                let v4: Vec<_> = external.iter().filter(|b| b.ip.is_ipv4()).collect();
-                if v4.is_empty() {
-                    np_no_ep.push((p.protocol, np));
-                    continue;
-                }
-                counts.insert(v4.len());
-                let chain = if s.external_local { "npl" } else { "np" };
-                nodeports.push((p.protocol, np, v4.len(), chain));
-                for (i, b) in v4.iter().enumerate() {
-                    np_backends.push(format!(
-                        "{} . {np} . {i} : {} . {}",
-                        proto(p.protocol),
-                        b.ip,
-                        b.port
-                    ));
-                }
+                        &bs,
+                        np_mode,
+                        s.external_local,
+                        secs,
+                    ),
+                    None => {
+                        max_count = max_count.max(bs.len());
+                        for (i, b) in bs.iter().enumerate() {
+                            t.element(
+                                &format!("npbe{}", f.v),
+                                format!("{key} . {i}"),
+                                format!("{} . {}", b.ip, b.port),
+                            );
+                        }
+                        let c = if np_mode == Mode::Local { "npl" } else { "np" };
+                        format!("goto {c}{}-{}", f.v, bs.len())
+                    }
+                };
+                t.element(&format!("np{}", f.v), key, verdict);
             }
         }
     }
+    for f in [&V4, &V6] {
+        for n in 1..=max_count {
+            lb_chains(&mut t, f, n);
+        }
+    }
+    Compiled { table: t, udp }
+}
 
-    let mut s = format!("add table inet {T}\n");
-    let _ = writeln!(
-        s,
-        "add map inet {T} svc4 {{ type ipv4_addr . inet_proto . inet_service : verdict; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add map inet {T} np4 {{ type inet_proto . inet_service : verdict; }}"
-    );
-    // `typeof` because numgen's integer has no named type. The port is
-    // declared as `tcp dport` (same type as the `th dport` the rules look
-    // up): nft 1.0.6 cannot read back a typeof holding `th dport`, and
-    // fails every later transaction on the table.
-    let _ = writeln!(
-        s,
-        "add map inet {T} be4 {{ typeof ip daddr . meta l4proto . tcp dport . numgen random mod 1 : ip daddr . tcp dport; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add map inet {T} npbe4 {{ typeof meta l4proto . tcp dport . numgen random mod 1 : ip daddr . tcp dport; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add set inet {T} noep4 {{ type ipv4_addr . inet_proto . inet_service; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add set inet {T} npnoep4 {{ type inet_proto . inet_service; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add set inet {T} hairpin4 {{ type ipv4_addr . ipv4_addr; }}"
-    );
-    // The egress sets are shared: cluster4 says what "inside" means.
-    let _ = writeln!(
-        s,
-        "add set inet {T} cluster4 {{ type ipv4_addr; flags interval; auto-merge; }}"
-    );
-    // The verdict maps refer to the lb chains, so those are flushed only
-    // after the maps: first empty the maps, then rebuild the chains.
-    for m in ["svc4", "np4", "be4", "npbe4"] {
-        let _ = writeln!(s, "flush map inet {T} {m}");
-    }
-    let _ = writeln!(
-        s,
-        "add set inet {T} lbsr4 {{ type ipv4_addr . inet_proto . inet_service; }}"
-    );
-    let _ = writeln!(
-        s,
-        "add set inet {T} lbsrok4 {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}"
-    );
-    for m in ["noep4", "npnoep4", "hairpin4", "lbsr4", "lbsrok4"] {
-        let _ = writeln!(s, "flush set inet {T} {m}");
-    }
-    for (chain, hook, prio) in [
-        ("svc-nat-pre", "nat hook prerouting", -100),
-        ("svc-nat-out", "nat hook output", -100),
-        ("svc-nat-post", "nat hook postrouting", 100),
-        ("svc-reject-fwd", "filter hook forward", -10),
-        ("svc-reject-out", "filter hook output", -10),
-        ("svc-reject-in", "filter hook input", -10),
-        // Before DNAT rewrites the LB address away.
-        ("svc-src-pre", "filter hook prerouting", -110),
-    ] {
-        let _ = writeln!(
-            s,
-            "add chain inet {T} {chain} {{ type {hook} priority {prio}; policy accept; }}"
+/// Sets, maps and hooked chains: the same for every cluster.
+fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
+    let m = MASQ_MARK;
+    for f in [&V4, &V6] {
+        let (v, ip, addr) = (f.v, f.ip, f.addr);
+        t.set(
+            &format!("svc{v}"),
+            &format!("type {addr} . inet_proto . inet_service : verdict;"),
         );
-        let _ = writeln!(s, "flush chain inet {T} {chain}");
-    }
-    let _ = writeln!(s, "add chain inet {T} svc-reject");
-    let _ = writeln!(s, "flush chain inet {T} svc-reject");
-    let _ = writeln!(
-        s,
-        "add rule inet {T} svc-reject meta l4proto tcp reject with tcp reset"
-    );
-    let _ = writeln!(
-        s,
-        "add rule inet {T} svc-reject reject with icmpx port-unreachable"
-    );
-    for n in &counts {
-        for (chain, mark, key, map) in [
-            (
-                "lb",
-                "ip saddr != @cluster4 ",
-                "ip daddr . meta l4proto . th dport",
-                "be4",
+        t.set(
+            &format!("np{v}"),
+            "type inet_proto . inet_service : verdict;",
+        );
+        // `typeof` because numgen's integer has no named type. The port is
+        // declared as `tcp dport` (the same type as the `th dport` the
+        // rules look up): nft 1.0.6 cannot read back a typeof holding `th
+        // dport`, and fails every later transaction on the table.
+        t.set(
+            &format!("be{v}"),
+            &format!("typeof {ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;"),
+        );
+        t.set(
+            &format!("npbe{v}"),
+            &format!(
+                "typeof meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;"
             ),
-            ("lbl", "", "ip daddr . meta l4proto . th dport", "be4"),
-            ("np", "", "meta l4proto . th dport", "npbe4"),
-            ("npl", "", "meta l4proto . th dport", "npbe4"),
-        ] {
-            let _ = writeln!(s, "add chain inet {T} {chain}-{n}");
-            let _ = writeln!(s, "flush chain inet {T} {chain}-{n}");
-            if chain == "lb" || chain == "np" {
-                let _ = writeln!(
-                    s,
-                    "add rule inet {T} {chain}-{n} {mark}meta mark set meta mark or {MASQ_MARK:#x}"
-                );
-            }
-            let _ = writeln!(
-                s,
-                "add rule inet {T} {chain}-{n} dnat ip to {key} . numgen random mod {n} map @{map}"
+        );
+        t.set(
+            &format!("noep{v}"),
+            &format!("type {addr} . inet_proto . inet_service;"),
+        );
+        t.set(&format!("npnoep{v}"), "type inet_proto . inet_service;");
+        t.set(&format!("cips{v}"), &format!("type {addr};"));
+        t.set(&format!("hairpin{v}"), &format!("type {addr} . {addr};"));
+        t.set(
+            &format!("cluster{v}"),
+            &format!("type {addr}; flags interval; auto-merge;"),
+        );
+        t.set(
+            &format!("lbsr{v}"),
+            &format!("type {addr} . inet_proto . inet_service;"),
+        );
+        t.set(
+            &format!("lbsrok{v}"),
+            &format!("type {addr} . inet_proto . inet_service . {addr}; flags interval;"),
+        );
+        for c in cluster_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv4() == (v == "4"))
+        {
+            t.element(&format!("cluster{v}"), c.trunc().to_string(), "");
+        }
+        t.chain(&format!("mark-lb{v}"), "");
+        t.rule(
+            &format!("mark-lb{v}"),
+            format!("{ip} saddr != @cluster{v} meta mark set meta mark | {m:#x}"),
+        );
+    }
+    t.chain("mark-np", "");
+    t.rule("mark-np", format!("meta mark set meta mark | {m:#x}"));
+    for (chain, hook, prio) in [
+        ("nat-pre", "nat hook prerouting", -100),
+        ("nat-out", "nat hook output", -100),
+        ("nat-post", "nat hook postrouting", 100),
+        ("reject-fwd", "filter hook forward", -10),
+        ("reject-out", "filter hook output", -10),
+        ("reject-in", "filter hook input", -10),
+        // Before DNAT rewrites the LB address away.
+        ("src-pre", "filter hook prerouting", -110),
+    ] {
+        t.chain(
+            chain,
+            &format!("type {hook} priority {prio}; policy accept;"),
+        );
+    }
+    t.chain("svc-reject", "");
+    t.rule("svc-reject", "meta l4proto tcp reject with tcp reset");
+    t.rule("svc-reject", "reject with icmpx port-unreachable");
+    for f in [&V4, &V6] {
+        let (v, ip, nfp) = (f.v, f.ip, f.nfproto);
+        for c in ["nat-pre", "nat-out"] {
+            t.rule(
+                c,
+                format!("{ip} daddr . meta l4proto . th dport vmap @svc{v}"),
+            );
+            t.rule(
+                c,
+                format!(
+                    "meta nfproto {nfp} fib daddr type local meta l4proto . th dport vmap @np{v}"
+                ),
             );
         }
-    }
-    for c in ["svc-nat-pre", "svc-nat-out"] {
-        let _ = writeln!(
-            s,
-            "add rule inet {T} {c} ip daddr . meta l4proto . th dport vmap @svc4"
+        // Hairpin: a pod reaching itself through a Service.
+        t.rule(
+            "nat-post",
+            format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{v} masquerade"),
         );
-        let _ = writeln!(
-            s,
-            "add rule inet {T} {c} fib daddr type local meta l4proto . th dport vmap @np4"
+        t.rule(
+            "src-pre",
+            format!("{ip} daddr . meta l4proto . th dport @lbsr{v} {ip} daddr . meta l4proto . th dport . {ip} saddr != @lbsrok{v} drop"),
+        );
+        for c in ["reject-fwd", "reject-out", "reject-in"] {
+            t.rule(
+                c,
+                format!(
+                    "ct state new {ip} daddr . meta l4proto . th dport @noep{v} goto svc-reject"
+                ),
+            );
+            // Whatever still carries a ClusterIP here found no frontend:
+            // an unknown port on a live Service.
+            t.rule(
+                c,
+                format!("ct state new {ip} daddr @cips{v} goto svc-reject"),
+            );
+        }
+        t.rule(
+            "reject-in",
+            format!("ct state new meta nfproto {nfp} fib daddr type local meta l4proto . th dport @npnoep{v} goto svc-reject"),
         );
     }
-    let _ = writeln!(
-        s,
-        "add rule inet {T} svc-nat-post meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade"
+    t.rule(
+        "nat-post",
+        format!("meta mark & {m:#x} == {m:#x} masquerade"),
     );
-    // Hairpin: a pod reaching itself through a Service.
-    let _ = writeln!(
-        s,
-        "add rule inet {T} svc-nat-post ct status dnat ip saddr . ip daddr @hairpin4 masquerade"
-    );
-    let _ = writeln!(
-        s,
-        "add rule inet {T} svc-src-pre ip daddr . meta l4proto . th dport @lbsr4 ip daddr . meta l4proto . th dport . ip saddr != @lbsrok4 drop"
-    );
-    for c in ["svc-reject-fwd", "svc-reject-out", "svc-reject-in"] {
-        let _ = writeln!(s, "add rule inet {T} {c} ct state new ip daddr . meta l4proto . th dport @noep4 goto svc-reject");
-    }
-    let _ = writeln!(
-        s,
-        "add rule inet {T} svc-reject-in ct state new fib daddr type local meta l4proto . th dport @npnoep4 goto svc-reject"
-    );
-    let join = |v: Vec<String>| v.join(", ");
-    if !frontends.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {T} svc4 {{ {} }}",
-            join(
-                frontends
-                    .iter()
-                    .map(|(ip, p, port, n, c)| format!(
-                        "{ip} . {} . {port} : goto {c}-{n}",
-                        proto(*p)
-                    ))
-                    .collect()
-            )
-        );
-        let _ = writeln!(s, "add element inet {T} be4 {{ {} }}", backends.join(", "));
-    }
-    if !nodeports.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {T} np4 {{ {} }}",
-            join(
-                nodeports
-                    .iter()
-                    .map(|(p, port, n, c)| format!("{} . {port} : goto {c}-{n}", proto(*p)))
-                    .collect()
-            )
-        );
-        let _ = writeln!(
-            s,
-            "add element inet {T} npbe4 {{ {} }}",
-            np_backends.join(", ")
+}
+
+/// The chains that pick one of N backends from the flat maps.
+fn lb_chains(t: &mut Table, f: &Fam, n: usize) {
+    let (v, ip) = (f.v, f.ip);
+    for (chain, mark, key, map) in [
+        (
+            "lb",
+            Some(format!("jump mark-lb{v}")),
+            format!("{ip} daddr . meta l4proto . th dport"),
+            "be",
+        ),
+        (
+            "lbl",
+            None,
+            format!("{ip} daddr . meta l4proto . th dport"),
+            "be",
+        ),
+        (
+            "np",
+            Some("jump mark-np".to_string()),
+            "meta l4proto . th dport".to_string(),
+            "npbe",
+        ),
+        ("npl", None, "meta l4proto . th dport".to_string(), "npbe"),
+    ] {
+        let name = format!("{chain}{v}-{n}");
+        t.chain(&name, "");
+        if let Some(m) = mark {
+            t.rule(&name, m);
+        }
+        t.rule(
+            &name,
+            format!("dnat {ip} to {key} . numgen random mod {n} map @{map}{v}"),
         );
     }
-    if !no_ep.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {T} noep4 {{ {} }}",
-            join(
-                no_ep
-                    .iter()
-                    .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto(*p)))
-                    .collect()
-            )
+}
+
+/// A Service port with ClientIP affinity: one chain that sends a known
+/// client back to its backend, else picks one; per backend, a timed set of
+/// its clients and a chain that refreshes it and DNATs. Backends keep their
+/// sets while others come and go. Returns the frontend's verdict.
+#[allow(clippy::too_many_arguments)]
+fn affinity(
+    t: &mut Table,
+    f: &Fam,
+    s: &ServiceView,
+    pr: &str,
+    port: u16,
+    bs: &[&Backend],
+    mode: Mode,
+    local: bool,
+    secs: u32,
+) -> String {
+    let (v, ip) = (f.v, f.ip);
+    let scope = if local { "l" } else { "c" };
+    let core = format!("aff{v}/{}/{}/{pr}/{port}/{scope}", s.namespace, s.name);
+    if !t.chains.contains_key(&core) {
+        t.chain(&core, "");
+        let mut picks = Vec::new();
+        for (i, b) in bs.iter().enumerate() {
+            let ep = format!("{core}/{}/{}", name_part(&b.ip), b.port);
+            let set = format!("{ep}/t{secs}");
+            t.set(
+                &set,
+                &format!("type {}; flags dynamic,timeout; timeout {secs}s;", f.addr),
+            );
+            t.chain(&ep, "");
+            t.rule(&ep, format!("update @{set} {{ {ip} saddr }}"));
+            t.rule(
+                &ep,
+                format!("meta l4proto {pr} dnat {ip} to {}", dnat_target(b)),
+            );
+            t.rule(&core, format!("{ip} saddr @{set} goto {ep}"));
+            picks.push(format!("{i} : goto {ep}"));
+        }
+        t.rule(
+            &core,
+            format!(
+                "numgen random mod {} vmap {{ {} }}",
+                bs.len(),
+                picks.join(", ")
+            ),
         );
     }
-    if !np_no_ep.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {T} npnoep4 {{ {} }}",
-            join(
-                np_no_ep
-                    .iter()
-                    .map(|(p, port)| format!("{} . {port}", proto(*p)))
-                    .collect()
-            )
-        );
+    let mark = match mode {
+        Mode::Local => return format!("goto {core}"),
+        Mode::Lb => format!("jump mark-lb{v}"),
+        Mode::NodePort => "jump mark-np".to_string(),
+    };
+    let entry = format!("{core}/{}", mode.chain());
+    if !t.chains.contains_key(&entry) {
+        t.chain(&entry, "");
+        t.rule(&entry, mark);
+        t.rule(&entry, format!("goto {core}"));
     }
-    if !restricted.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {T} lbsr4 {{ {} }}",
-            restricted.join(", ")
-        );
-        let _ = writeln!(
-            s,
-            "add element inet {T} lbsrok4 {{ {} }}",
-            allowed.join(", ")
-        );
-    }
-    if !hairpin.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {T} hairpin4 {{ {} }}",
-            join(hairpin.iter().map(|i| format!("{i} . {i}")).collect())
-        );
-    }
-    s
+    format!("goto {entry}")
 }
 
 #[cfg(test)]
@@ -354,6 +525,10 @@ mod tests {
             s.apply(o);
         }
         crate::services::services(&s)
+    }
+
+    fn cidrs() -> Vec<IpNet> {
+        vec!["10.244.0.0/16".parse().unwrap()]
     }
 
     const Y: &str = "apiVersion: v1
@@ -385,29 +560,93 @@ status: {phase: Running, podIP: 10.244.1.2}
 
     #[test]
     fn elements_not_chains_per_service() {
-        let s = ruleset(&views(Y), "node-1");
-        assert!(
-            s.contains("add element inet weft svc4 { 10.96.0.16 . tcp . 80 : goto lb-2 }"),
-            "{s}"
+        let c = compile(&views(Y), "node-1", &cidrs());
+        let t = &c.table;
+        assert_eq!(t.elements["svc4"]["10.96.0.16 . tcp . 80"], "goto lb4-2");
+        assert_eq!(
+            t.elements["be4"]["10.96.0.16 . tcp . 80 . 1"],
+            "10.244.1.2 . 8080"
         );
-        assert!(s.contains("10.96.0.16 . tcp . 80 . 0 : 10.244.0.2 . 8080, 10.96.0.16 . tcp . 80 . 1 : 10.244.1.2 . 8080"), "{s}");
-        assert!(
-            s.contains("add element inet weft np4 { tcp . 30080 : goto np-2 }"),
-            "{s}"
+        assert_eq!(t.elements["np4"]["tcp . 30080"], "goto np4-2");
+        assert!(t.elements["noep4"].contains_key("10.96.0.17 . udp . 53"));
+        assert!(t.elements["cips4"].contains_key("10.96.0.17"));
+        // Chains depend on backend counts, never on the Services.
+        let more = compile(&views(&Y.replace("web", "web2")), "node-1", &cidrs());
+        assert_eq!(
+            t.chains.keys().collect::<Vec<_>>(),
+            more.table.chains.keys().collect::<Vec<_>>()
         );
-        assert!(
-            s.contains("add element inet weft noep4 { 10.96.0.17 . udp . 53 }"),
-            "{s}"
+        assert_eq!(
+            c.udp[&UdpFront::Ip("10.96.0.17".parse().unwrap(), 53)].len(),
+            0
         );
-        // One lb chain per backend count, not per Service.
-        assert_eq!(s.matches("add chain inet weft lb-").count(), 1);
-        assert_eq!(s.matches("add chain inet weft lbl-").count(), 1);
     }
 
     #[test]
-    fn empty_cluster_is_a_valid_script() {
-        let s = ruleset(&[], "node-1");
-        assert!(!s.contains("add element"));
-        assert!(s.contains("flush map inet weft svc4"));
+    fn a_backend_count_change_is_elements_only() {
+        let one = compile(&views(Y), "node-1", &cidrs()).table;
+        let y = Y.to_string()
+            + "---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, labels: {app: web}}
+spec: {nodeName: node-2, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.3}
+";
+        let two = compile(&views(&y), "node-1", &cidrs()).table;
+        let d = two.diff_script(&one).unwrap();
+        assert!(!d.contains("chain"), "{d}");
+        assert!(d.contains("delete element inet weft-svc svc4 { 10.96.0.16 . tcp . 80 }"));
+        assert!(d.contains("10.96.0.16 . tcp . 80 : goto lb4-3"), "{d}");
+    }
+
+    #[test]
+    fn affinity_gets_a_chain_and_client_sets_per_backend() {
+        let y = Y.replace(
+            "  type: NodePort\n",
+            "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        );
+        let t = compile(&views(&y), "node-1", &cidrs()).table;
+        let core = "aff4/default/web/tcp/80/c";
+        assert_eq!(
+            t.elements["svc4"]["10.96.0.16 . tcp . 80"],
+            format!("goto {core}/lb")
+        );
+        assert_eq!(t.elements["np4"]["tcp . 30080"], format!("goto {core}/np"));
+        let set = format!("{core}/10.244.1.2/8080/t60");
+        assert!(t.sets[&set].contains("timeout 60s"));
+        assert!(t.chains[core]
+            .rules
+            .contains(&format!("ip saddr @{set} goto {core}/10.244.1.2/8080")));
+        assert!(t.elements["be4"].is_empty());
+    }
+
+    #[test]
+    fn dual_stack_services_fill_both_families() {
+        let y = "apiVersion: v1
+kind: Service
+metadata: {name: ds}
+spec: {clusterIPs: [10.96.0.30, 'fd00:96::30'], selector: {app: ds}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, labels: {app: ds}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {phase: Running, podIPs: [{ip: 10.244.0.2}, {ip: 'fd00:244::2'}]}
+";
+        let t = compile(&views(y), "node-1", &cidrs()).table;
+        assert_eq!(t.elements["svc4"]["10.96.0.30 . tcp . 80"], "goto lb4-1");
+        assert_eq!(t.elements["svc6"]["fd00:96::30 . tcp . 80"], "goto lb6-1");
+        assert_eq!(
+            t.elements["be6"]["fd00:96::30 . tcp . 80 . 0"],
+            "fd00:244::2 . 80"
+        );
+    }
+
+    #[test]
+    fn empty_cluster_is_a_valid_table() {
+        let t = compile(&[], "node-1", &cidrs()).table;
+        assert!(t.elements["svc4"].is_empty());
+        assert!(t.full_script().contains("add chain inet weft-svc lb4-16"));
     }
 }

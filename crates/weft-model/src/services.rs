@@ -14,7 +14,9 @@
 use crate::cluster::{ClusterState, Object};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -114,19 +116,58 @@ fn ips(v: Option<&Vec<String>>) -> Vec<IpAddr> {
         .collect()
 }
 
+/// EndpointSlices by (namespace, Service name) and Pods by namespace,
+/// gathered once, so that building every Service's view is linear in the
+/// cluster rather than Services × objects.
+struct Index<'a> {
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    pods: HashMap<&'a str, Vec<&'a Pod>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(state: &'a ClusterState) -> Index<'a> {
+        let mut ix = Index {
+            slices: HashMap::new(),
+            pods: HashMap::new(),
+        };
+        for o in state.objects.values() {
+            match o {
+                Object::EndpointSlice(e) => {
+                    let ns = e.metadata.namespace.as_deref().unwrap_or("default");
+                    if let Some(svc) = e
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                    {
+                        ix.slices.entry((ns, svc.as_str())).or_default().push(e);
+                    }
+                }
+                Object::Pod(p) => {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+                    ix.pods.entry(ns).or_default().push(p);
+                }
+                _ => {}
+            }
+        }
+        ix
+    }
+}
+
 /// Every Service the proxy handles: not headless, not ExternalName.
 pub fn services(state: &ClusterState) -> Vec<ServiceView> {
+    let ix = Index::new(state);
     state
         .objects
         .values()
         .filter_map(|o| match o {
-            Object::Service(s) => view(state, s),
+            Object::Service(s) => view(&ix, s),
             _ => None,
         })
         .collect()
 }
 
-fn view(state: &ClusterState, svc: &Service) -> Option<ServiceView> {
+fn view(ix: &Index, svc: &Service) -> Option<ServiceView> {
     let spec = svc.spec.as_ref()?;
     let kind = match spec.type_.as_deref().unwrap_or("ClusterIP") {
         "ClusterIP" => Kind::ClusterIp,
@@ -169,31 +210,23 @@ fn view(state: &ClusterState, svc: &Service) -> Option<ServiceView> {
             .map(|t| t.clamp(1, 86400) as u32)
             .unwrap_or(10800)
     });
-    let slices: Vec<&k8s_openapi::api::discovery::v1::EndpointSlice> = state
-        .objects
-        .values()
-        .filter_map(|o| match o {
-            Object::EndpointSlice(e)
-                if e.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                    && e.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("kubernetes.io/service-name"))
-                        == Some(&name) =>
-            {
-                Some(e.as_ref())
-            }
-            _ => None,
-        })
-        .collect();
+    let no_slices = Vec::new();
+    let slices = ix
+        .slices
+        .get(&(namespace.as_str(), name.as_str()))
+        .unwrap_or(&no_slices);
     let pods: Vec<&Pod> = match (&spec.selector, slices.is_empty()) {
-        (Some(sel), true) if !sel.is_empty() => state
-            .pods()
-            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+        (Some(sel), true) if !sel.is_empty() => ix
+            .pods
+            .get(namespace.as_str())
+            .into_iter()
+            .flatten()
             .filter(|p| {
-                let labels = p.metadata.labels.clone().unwrap_or_default();
-                sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                let labels = p.metadata.labels.as_ref();
+                sel.iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
             })
+            .copied()
             .collect(),
         _ => Vec::new(),
     };
@@ -206,7 +239,7 @@ fn view(state: &ClusterState, svc: &Service) -> Option<ServiceView> {
             let protocol = Proto::parse(p.protocol.as_deref())?;
             let pname = p.name.clone().unwrap_or_default();
             let mut backends = Vec::new();
-            for s in &slices {
+            for s in slices {
                 let Some(ep) = s
                     .ports
                     .iter()
