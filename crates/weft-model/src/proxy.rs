@@ -37,6 +37,8 @@ pub const MASQ_MARK: u32 = 0x4000;
 /// `lb*-N` chains exist for every N up to this, used or not.
 pub const PRESET_COUNTS: usize = 16;
 
+const PROTOS: [&str; 3] = ["tcp", "udp", "sctp"];
+
 fn proto(p: Proto) -> &'static str {
     match p {
         Proto::Tcp => "tcp",
@@ -212,8 +214,8 @@ pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Com
                         max_count = max_count.max(bs.len());
                         for (i, b) in bs.iter().enumerate() {
                             t.element(
-                                &format!("be{}", f.v),
-                                format!("{key} . {i}"),
+                                &format!("be{}{pr}", f.v),
+                                format!("{ip} . {} . {i}", p.port),
                                 format!("{} . {}", b.ip, b.port),
                             );
                         }
@@ -270,8 +272,8 @@ pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Com
                         max_count = max_count.max(bs.len());
                         for (i, b) in bs.iter().enumerate() {
                             t.element(
-                                &format!("npbe{}", f.v),
-                                format!("{key} . {i}"),
+                                &format!("npbe{}{pr}", f.v),
+                                format!("{np} . {i}"),
                                 format!("{} . {}", b.ip, b.port),
                             );
                         }
@@ -304,20 +306,22 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
             &format!("np{v}"),
             "type inet_proto . inet_service : verdict;",
         );
-        // `typeof` because numgen's integer has no named type. The port is
-        // declared as `tcp dport` (the same type as the `th dport` the
-        // rules look up): nft 1.0.6 cannot read back a typeof holding `th
-        // dport`, and fails every later transaction on the table.
-        t.set(
-            &format!("be{v}"),
-            &format!("typeof {ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;"),
-        );
-        t.set(
-            &format!("npbe{v}"),
-            &format!(
-                "typeof meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;"
-            ),
-        );
+        // Backends, one map per protocol: `typeof` because numgen's
+        // integer has no named type; a typeof naming `tcp dport` ties the
+        // map's DNAT to TCP (and nft 1.0.6 cannot read back `th dport`), so
+        // each protocol gets its own map.
+        for p in PROTOS {
+            t.set(
+                &format!("be{v}{p}"),
+                &format!(
+                    "typeof {ip} daddr . {p} dport . numgen random mod 1 : {ip} daddr . {p} dport;"
+                ),
+            );
+            t.set(
+                &format!("npbe{v}{p}"),
+                &format!("typeof {p} dport . numgen random mod 1 : {ip} daddr . {p} dport;"),
+            );
+        }
         t.set(
             &format!("noep{v}"),
             &format!("type {addr} . inet_proto . inet_service;"),
@@ -420,36 +424,30 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
 /// The chains that pick one of N backends from the flat maps.
 fn lb_chains(t: &mut Table, f: &Fam, n: usize) {
     let (v, ip) = (f.v, f.ip);
-    for (chain, mark, key, map) in [
-        (
-            "lb",
-            Some(format!("jump mark-lb{v}")),
-            format!("{ip} daddr . meta l4proto . th dport"),
-            "be",
-        ),
-        (
-            "lbl",
-            None,
-            format!("{ip} daddr . meta l4proto . th dport"),
-            "be",
-        ),
-        (
-            "np",
-            Some("jump mark-np".to_string()),
-            "meta l4proto . th dport".to_string(),
-            "npbe",
-        ),
-        ("npl", None, "meta l4proto . th dport".to_string(), "npbe"),
+    for (chain, mark, ports, map) in [
+        ("lb", Some(format!("jump mark-lb{v}")), true, "be"),
+        ("lbl", None, true, "be"),
+        ("np", Some("jump mark-np".to_string()), false, "npbe"),
+        ("npl", None, false, "npbe"),
     ] {
         let name = format!("{chain}{v}-{n}");
         t.chain(&name, "");
         if let Some(m) = mark {
             t.rule(&name, m);
         }
-        t.rule(
-            &name,
-            format!("dnat {ip} to {key} . numgen random mod {n} map @{map}{v}"),
-        );
+        for p in PROTOS {
+            let key = if ports {
+                format!("{ip} daddr . {p} dport")
+            } else {
+                format!("{p} dport")
+            };
+            t.rule(
+                &name,
+                format!(
+                    "meta l4proto {p} dnat {ip} to {key} . numgen random mod {n} map @{map}{v}{p}"
+                ),
+            );
+        }
     }
 }
 
@@ -564,7 +562,7 @@ status: {phase: Running, podIP: 10.244.1.2}
         let t = &c.table;
         assert_eq!(t.elements["svc4"]["10.96.0.16 . tcp . 80"], "goto lb4-2");
         assert_eq!(
-            t.elements["be4"]["10.96.0.16 . tcp . 80 . 1"],
+            t.elements["be4tcp"]["10.96.0.16 . 80 . 1"],
             "10.244.1.2 . 8080"
         );
         assert_eq!(t.elements["np4"]["tcp . 30080"], "goto np4-2");
@@ -618,7 +616,7 @@ status: {phase: Running, podIP: 10.244.1.3}
         assert!(t.chains[core]
             .rules
             .contains(&format!("ip saddr @{set} goto {core}/10.244.1.2/8080")));
-        assert!(t.elements["be4"].is_empty());
+        assert!(t.elements["be4tcp"].is_empty());
     }
 
     #[test]
@@ -638,7 +636,7 @@ status: {phase: Running, podIPs: [{ip: 10.244.0.2}, {ip: 'fd00:244::2'}]}
         assert_eq!(t.elements["svc4"]["10.96.0.30 . tcp . 80"], "goto lb4-1");
         assert_eq!(t.elements["svc6"]["fd00:96::30 . tcp . 80"], "goto lb6-1");
         assert_eq!(
-            t.elements["be6"]["fd00:96::30 . tcp . 80 . 0"],
+            t.elements["be6tcp"]["fd00:96::30 . 80 . 0"],
             "fd00:244::2 . 80"
         );
     }

@@ -275,3 +275,189 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
         "a deleted backend still gets traffic"
     );
 }
+
+const ENDPOINTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: e1, labels: {app: e}}
+spec: {nodeName: node-1, containers: [{name: c, command: [sh, -c, "socat UDP-LISTEN:5353,fork,reuseaddr SYSTEM:'echo e1' & exec socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'echo e1'"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: e2, labels: {app: e}}
+spec: {nodeName: node-2, containers: [{name: c, command: [sh, -c, "socat UDP-LISTEN:5353,fork,reuseaddr SYSTEM:'echo e2' & exec socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'echo e2'"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec: {nodeName: node-3, containers: [{name: c, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: e}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spread}
+spec:
+  selector: {app: e}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual}
+spec:
+  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]
+"#;
+
+/// The EndpointSlice a controller would write for `manual`: each entry is
+/// (pod IP, ready, serving, terminating).
+fn slice(eps: &[(&str, bool, bool, bool)]) -> String {
+    let mut y = String::from(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: manual-1, labels: {kubernetes.io/service-name: manual}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]\nendpoints:\n",
+    );
+    for (ip, r, s, t) in eps {
+        y += &format!(
+            "- addresses: [{ip}]\n  conditions: {{ready: {r}, serving: {s}, terminating: {t}}}\n"
+        );
+    }
+    y
+}
+
+/// One UDP query from a fixed source port, as a resolver sends them.
+fn udp(lab: &Lab, from: &str, addr: &str) -> Option<String> {
+    let o = lab.exec(
+        from,
+        &[
+            "sh",
+            "-c",
+            &format!("echo q | timeout 3 socat -T 1 - UDP:{addr},sourceport=40053,reuseaddr"),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+fn answers(lab: &Lab, from: &str, addr: &str, n: usize) -> BTreeSet<String> {
+    (0..n).filter_map(|_| get(lab, from, addr).ok()).collect()
+}
+
+#[test]
+fn affinity_readiness_hairpin_and_udp_conntrack() {
+    let f = write_temp(ENDPOINTS);
+    let lab = Lab::up(&["--nodes", "3", "-f", f.to_str().unwrap()]);
+    let _ = std::fs::remove_file(f);
+    let (sticky, spread, manual) = (
+        service_ip(&lab, "sticky"),
+        service_ip(&lab, "spread"),
+        service_ip(&lab, "manual"),
+    );
+    let (e1, e2) = (lab.ip_of("default/e1"), lab.ip_of("default/e2"));
+
+    // Both backends serve (so affinity below is not an accident)...
+    let mut seen = BTreeSet::new();
+    assert!(
+        eventually(10, || {
+            seen.extend(answers(&lab, "default/client", &format!("{spread}:80"), 4));
+            seen.len() == 2
+        }),
+        "spread reached only {seen:?}"
+    );
+    // ...and ClientIP affinity pins this client to one of them.
+    let pinned = answers(&lab, "default/client", &format!("{sticky}:80"), 12);
+    assert_eq!(pinned.len(), 1, "affinity let the client move: {pinned:?}");
+    // Another client may land anywhere, but stays where it lands.
+    let other = answers(&lab, "node/node-3", &format!("{sticky}:80"), 8);
+    assert_eq!(other.len(), 1, "{other:?}");
+
+    // An unknown port on a live ClusterIP is refused at once.
+    let r = get(&lab, "default/client", &format!("{spread}:81"));
+    assert!(r.as_ref().is_err_and(|e| e.contains("refused")), "{r:?}");
+
+    // Hairpin: a backend reaches itself through its own Service.
+    assert!(
+        eventually(10, || answers(
+            &lab,
+            "default/e1",
+            &format!("{spread}:80"),
+            4
+        )
+        .contains("e1")),
+        "e1 never reached itself through spread"
+    );
+
+    // Endpoints from an EndpointSlice, as a cluster's controller writes
+    // them: both ready, then e2 not ready (gone), then only e1 terminating
+    // but serving (the fallback), never the non-serving one.
+    lab.apply(&slice(&[
+        (&e1, true, true, false),
+        (&e2, true, true, false),
+    ]));
+    let mut seen = BTreeSet::new();
+    assert!(
+        eventually(10, || {
+            seen.extend(answers(&lab, "default/client", &format!("{manual}:80"), 4));
+            seen.len() == 2
+        }),
+        "manual reached only {seen:?}"
+    );
+    lab.apply(&slice(&[
+        (&e1, true, true, false),
+        (&e2, false, false, false),
+    ]));
+    assert!(
+        eventually(5, || answers(
+            &lab,
+            "default/client",
+            &format!("{manual}:80"),
+            6
+        ) == BTreeSet::from(["e1".to_string()])),
+        "a not-ready endpoint still gets traffic"
+    );
+    lab.apply(&slice(&[
+        (&e1, false, false, false),
+        (&e2, false, true, true),
+    ]));
+    assert!(
+        eventually(5, || answers(
+            &lab,
+            "default/client",
+            &format!("{manual}:80"),
+            6
+        ) == BTreeSet::from(["e2".to_string()])),
+        "no fallback to the serving, terminating endpoint"
+    );
+
+    // UDP: the client keeps its source port, as a resolver does. When its
+    // backend is replaced, the stale conntrack entry must go, or the
+    // client keeps reaching e1 (still alive) for the entry's lifetime.
+    lab.apply(&slice(&[(&e1, true, true, false)]));
+    let dns = format!("{manual}:53");
+    assert!(
+        eventually(10, || udp(&lab, "default/client", &dns).as_deref()
+            == Some("e1")),
+        "UDP Service never answered"
+    );
+    lab.apply(&slice(&[(&e2, true, true, false)]));
+    assert!(
+        eventually(5, || udp(&lab, "default/client", &dns).as_deref()
+            == Some("e2")),
+        "UDP flow stuck on the replaced backend"
+    );
+
+    // No endpoints at all: the UDP Service answers ICMP unreachable, and
+    // its first endpoint is reachable at once from the same source port.
+    lab.apply(&slice(&[]));
+    assert!(eventually(5, || udp(&lab, "default/client", &dns).is_none()));
+    lab.apply(&slice(&[(&e1, true, true, false)]));
+    assert!(
+        eventually(5, || udp(&lab, "default/client", &dns).as_deref()
+            == Some("e1")),
+        "UDP flow blackholed after the Service gained an endpoint"
+    );
+}
