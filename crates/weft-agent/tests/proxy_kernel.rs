@@ -84,3 +84,89 @@ fn applies_the_table_then_only_differences() {
     );
     assert!(listed.contains("10.244.0.4/8080"), "{listed}");
 }
+
+/// A node namespace routing between two pod namespaces (veth, no bridge,
+/// so only the proxy's NAT is under test), and a dual-stack Service whose
+/// one backend is reached over both families.
+#[test]
+fn dual_stack_service_with_real_packets() {
+    let node = Netns::new("ds-node");
+    let a = Netns::new("ds-a");
+    let b = Netns::new("ds-b");
+    node.ok(
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.accept_dad=0",
+    );
+    for (pod, n, v4, v6) in [
+        (&a, "1", "10.244.1", "fd00:244:1"),
+        (&b, "0", "10.244.0", "fd00:244:0"),
+    ] {
+        node.ok(&format!(
+            "ip link add h{n} type veth peer name eth0 netns {p}
+             ip addr add {v4}.1/24 dev h{n}; ip -6 addr add {v6}::1/64 dev h{n} nodad; ip link set h{n} up",
+            p = pod.name
+        ));
+        pod.ok(&format!(
+            "ip addr add {v4}.2/24 dev eth0; ip -6 addr add {v6}::2/64 dev eth0 nodad; ip link set eth0 up
+             ip route add default via {v4}.1; ip -6 route add default via {v6}::1"
+        ));
+    }
+    // A node has a default route (its uplink); without one, traffic to a
+    // Service address that is not DNATed dies in routing before any hook.
+    node.ok("ip route add default dev h0; ip -6 route add default dev h0");
+    let mut server = b
+        .cmd("socat")
+        .args([
+            "TCP6-LISTEN:8080,fork,reuseaddr",
+            "SYSTEM:echo $SOCAT_PEERADDR",
+        ])
+        .spawn()
+        .unwrap();
+    let y = svc("ds", "10.96.0.30, 'fd00:96::30'", "")
+        + &pod("b", "ds", "{ip: 10.244.0.2}, {ip: 'fd00:244:0::2'}");
+    let nn = NetNs::open(&node.path()).unwrap();
+    let mut p = ServiceProxy::new(
+        "node-1",
+        vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/32".parse().unwrap(),
+        ],
+    );
+    nn.run(|| Ok(p.sync(&state(&y)).unwrap())).unwrap();
+    let get = |addr: &str| {
+        let o = a.sh(&format!("timeout 3 socat - TCP:{addr}"));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    for _ in 0..20 {
+        v4 = get("10.96.0.30:80");
+        v6 = get("[fd00:96::30]:80");
+        if !v4.is_empty() && !v6.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    // The backend (an IPv6 socket) sees the client pod's own address in
+    // each family, IPv4 as a mapped address.
+    let peer = |s: &str| {
+        s.trim_matches(['[', ']'])
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+    };
+    assert_eq!(
+        peer(&v4).and_then(|p| p.to_ipv4_mapped()),
+        Some("10.244.1.2".parse().unwrap()),
+        "IPv4 ClusterIP: {v4:?}"
+    );
+    assert_eq!(
+        peer(&v6),
+        Some("fd00:244:1::2".parse().unwrap()),
+        "IPv6 ClusterIP: {v6:?}"
+    );
+    // An unknown port on the IPv6 ClusterIP is refused, not dropped.
+    let o = a.sh("timeout 3 socat - TCP:[fd00:96::30]:81 2>&1");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("refused"), "{out}");
+}
