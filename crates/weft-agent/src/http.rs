@@ -16,24 +16,27 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The agent's health as /healthz reports it: the reconcile loop is
+/// turning over (it wakes at least every resync period) and a sync has
+/// succeeded. The Service health checks report it too
+/// (`serviceProxyHealthy`), as kube-proxy's do.
+pub fn health(m: &Metrics) -> Result<(), &'static str> {
+    if now().saturating_sub(m.heartbeat.load(Relaxed)) >= 90 {
+        Err("reconcile loop stalled")
+    } else if m.last_sync_ok.load(Relaxed) == 1 {
+        Ok(())
+    } else {
+        Err("not synced yet")
+    }
+}
+
 fn respond(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/metrics" => (StatusCode::OK, m.render()),
-        "/healthz" => {
-            // Healthy while the reconcile loop is turning over (it wakes at
-            // least every resync period) and the last sync succeeded.
-            let alive = now().saturating_sub(m.heartbeat.load(Relaxed)) < 90;
-            if !alive {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "reconcile loop stalled\n".into(),
-                )
-            } else if m.last_sync_ok.load(Relaxed) == 1 {
-                (StatusCode::OK, "ok\n".into())
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".into())
-            }
-        }
+        "/healthz" => match health(m) {
+            Ok(()) => (StatusCode::OK, "ok\n".into()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -58,7 +61,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                 let r = respond(&m, req.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
+            // Answer clients that shut down their sending side after the
+            // request (`socat` does); without this, hyper may close first.
             let _ = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

@@ -7,14 +7,17 @@
 //!  reconciler ── weft-model compilers ──▶ desired routes / VXLAN / egress / conflist
 //!     │                                      │ diff against the kernel
 //!     ▼                                      ▼
-//!  /healthz, /metrics                    weft-kernel (netlink, nft)
+//!  /healthz, /metrics,                   weft-kernel (netlink, nft)
+//!  Service health-check ports
 //! ```
 
 pub mod dir_source;
+pub mod health;
 pub mod http;
 pub mod kube_source;
 pub mod latest;
 pub mod metrics;
+pub mod proxy;
 pub mod reconcile;
 pub mod subnet;
 
@@ -133,6 +136,11 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
 
     let mut rec = reconcile::Reconciler::new(cfg.clone(), metrics.clone())?;
+    let mut health = health::HealthServer::new(
+        rt.handle().clone(),
+        metrics.clone(),
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+    );
     let mut current: Option<ClusterState> = None;
     let mut retry = false;
     loop {
@@ -156,6 +164,10 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             Ok(()) => {
                 retry = false;
                 metrics.last_sync_ok.store(1, Relaxed);
+                health.update(weft_model::health::health_ports(
+                    &weft_model::services::services(state),
+                    &cfg.node_name,
+                ));
                 tracing::debug!(took_us = t.elapsed().as_micros() as u64, "synced");
             }
             Err(e) => {

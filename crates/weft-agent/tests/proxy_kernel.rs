@@ -86,20 +86,16 @@ fn applies_the_table_then_only_differences() {
 }
 
 /// A node namespace routing between two pod namespaces (veth, no bridge,
-/// so only the proxy's NAT is under test), and a dual-stack Service whose
-/// one backend is reached over both families.
-#[test]
-fn dual_stack_service_with_real_packets() {
-    let node = Netns::new("ds-node");
-    let a = Netns::new("ds-a");
-    let b = Netns::new("ds-b");
+/// so only the proxy's NAT is under test): pod a is 10.244.1.2 /
+/// fd00:244:1::2, pod b is 10.244.0.2 / fd00:244:0::2.
+fn topology() -> (Netns, Netns, Netns) {
+    let node = Netns::new("px-node");
+    let a = Netns::new("px-a");
+    let b = Netns::new("px-b");
     node.ok(
         "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.accept_dad=0",
     );
-    for (pod, n, v4, v6) in [
-        (&a, "1", "10.244.1", "fd00:244:1"),
-        (&b, "0", "10.244.0", "fd00:244:0"),
-    ] {
+    for (pod, n, v4, v6) in [(&a, "1", "10.244.1", "fd00:244:1"), (&b, "0", "10.244.0", "fd00:244:0")] {
         node.ok(&format!(
             "ip link add h{n} type veth peer name eth0 netns {p}
              ip addr add {v4}.1/24 dev h{n}; ip -6 addr add {v6}::1/64 dev h{n} nodad; ip link set h{n} up",
@@ -113,6 +109,20 @@ fn dual_stack_service_with_real_packets() {
     // A node has a default route (its uplink); without one, traffic to a
     // Service address that is not DNATed dies in routing before any hook.
     node.ok("ip route add default dev h0; ip -6 route add default dev h0");
+    (node, a, b)
+}
+
+fn proxy() -> ServiceProxy {
+    ServiceProxy::new(
+        "node-1",
+        vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/32".parse().unwrap()],
+    )
+}
+
+/// A dual-stack Service whose one backend is reached over both families.
+#[test]
+fn dual_stack_service_with_real_packets() {
+    let (node, a, b) = topology();
     let mut server = b
         .cmd("socat")
         .args([
@@ -169,4 +179,53 @@ fn dual_stack_service_with_real_packets() {
     let o = a.sh("timeout 3 socat - TCP:[fd00:96::30]:81 2>&1");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(out.contains("refused"), "{out}");
+}
+
+/// A restarted agent replaces the whole table in one transaction; a
+/// connection made through the old table keeps working (its NAT lives in
+/// conntrack), and new ones work too.
+#[test]
+fn a_full_resync_keeps_established_connections() {
+    use std::io::{BufRead, BufReader, Write};
+    let (node, a, b) = topology();
+    let mut server = b
+        .cmd("socat")
+        .args(["TCP-LISTEN:8080,fork,reuseaddr", "EXEC:cat"])
+        .spawn()
+        .unwrap();
+    let y = svc("echo", "10.96.0.40", "") + &pod("b", "echo", "{ip: 10.244.0.2}");
+    let nn = NetNs::open(&node.path()).unwrap();
+    nn.run(|| Ok(proxy().sync(&state(&y)).unwrap())).unwrap();
+    let an = NetNs::open(&a.path()).unwrap();
+    // The socket belongs to pod a's namespace for its whole life.
+    let conn = an
+        .run(|| {
+            for _ in 0..50 {
+                if let Ok(c) = std::net::TcpStream::connect("10.96.0.40:80") {
+                    return Ok(c);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            panic!("no connection through the ClusterIP");
+        })
+        .unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    w.write_all(b"before\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "before\n");
+
+    // A new agent: a fresh applier sends the whole table.
+    let st = nn.run(|| Ok(proxy().sync(&state(&y)).unwrap())).unwrap();
+    assert!(st.full);
+    line.clear();
+    w.write_all(b"after\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "after\n", "the established connection broke");
+    let o = a.sh("echo new | timeout 3 socat - TCP:10.96.0.40:80");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "new");
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -9,7 +9,9 @@
 pub mod alloc;
 pub mod cluster;
 pub mod egress;
+pub mod health;
 pub mod manifest;
+pub mod nftdoc;
 pub mod proxy;
 pub mod routes;
 pub mod services;
