@@ -95,7 +95,10 @@ fn topology() -> (Netns, Netns, Netns) {
     node.ok(
         "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.accept_dad=0",
     );
-    for (pod, n, v4, v6) in [(&a, "1", "10.244.1", "fd00:244:1"), (&b, "0", "10.244.0", "fd00:244:0")] {
+    for (pod, n, v4, v6) in [
+        (&a, "1", "10.244.1", "fd00:244:1"),
+        (&b, "0", "10.244.0", "fd00:244:0"),
+    ] {
         node.ok(&format!(
             "ip link add h{n} type veth peer name eth0 netns {p}
              ip addr add {v4}.1/24 dev h{n}; ip -6 addr add {v6}::1/64 dev h{n} nodad; ip link set h{n} up",
@@ -115,7 +118,10 @@ fn topology() -> (Netns, Netns, Netns) {
 fn proxy() -> ServiceProxy {
     ServiceProxy::new(
         "node-1",
-        vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/32".parse().unwrap()],
+        vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/32".parse().unwrap(),
+        ],
     )
 }
 
@@ -209,7 +215,8 @@ fn a_full_resync_keeps_established_connections() {
             panic!("no connection through the ClusterIP");
         })
         .unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
     let mut line = String::new();
