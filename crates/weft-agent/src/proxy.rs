@@ -44,10 +44,24 @@ impl ServiceProxy {
         }
     }
 
-    /// Forgets what was sent, so the next sync replaces the whole table
-    /// (repairing anything changed behind the agent's back).
+    /// Forgets what was sent, so the next sync replaces the whole table.
     pub fn forget(&mut self) {
         self.last = None;
+    }
+
+    /// The periodic resync's check: if the table is gone (someone flushed
+    /// the ruleset), the next sync sends it whole. A present table is not
+    /// replaced, since that would also empty the affinity sets the kernel
+    /// fills as clients arrive.
+    pub fn recheck(&mut self) {
+        match weft_kernel::nft::table_exists("inet", proxy::TABLE) {
+            Ok(true) => {}
+            Ok(false) => self.forget(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list nftables tables");
+                self.forget();
+            }
+        }
     }
 
     /// Brings the Service ruleset in the current network namespace to what

@@ -80,7 +80,7 @@ impl Reconciler {
     pub fn forget(&mut self) {
         self.last_egress = None;
         self.last_conflist = None;
-        self.proxy.forget();
+        self.proxy.recheck();
     }
 
     pub fn sync(&mut self, snapshot: &ClusterState) -> Result<(), AgentError> {
