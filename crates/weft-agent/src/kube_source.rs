@@ -105,15 +105,19 @@ fn apply(
 /// Watches until the process ends, publishing every new state.
 pub async fn run(client: Client, out: Arc<Latest<ClusterState>>) {
     let streams: Vec<EvStream> = vec![
-        watch::<Node>(&client, "Node", |o| Object::Node(Box::new(o))),
-        watch::<Pod>(&client, "Pod", |o| Object::Pod(Box::new(o))),
-        watch::<Namespace>(&client, "Namespace", |o| Object::Namespace(Box::new(o))),
-        watch::<Service>(&client, "Service", |o| Object::Service(Box::new(o))),
+        watch::<Node>(&client, "Node", |o| Object::Node(std::sync::Arc::new(o))),
+        watch::<Pod>(&client, "Pod", |o| Object::Pod(std::sync::Arc::new(o))),
+        watch::<Namespace>(&client, "Namespace", |o| {
+            Object::Namespace(std::sync::Arc::new(o))
+        }),
+        watch::<Service>(&client, "Service", |o| {
+            Object::Service(std::sync::Arc::new(o))
+        }),
         watch::<EndpointSlice>(&client, "EndpointSlice", |o| {
-            Object::EndpointSlice(Box::new(o))
+            Object::EndpointSlice(std::sync::Arc::new(o))
         }),
         watch::<NetworkPolicy>(&client, "NetworkPolicy", |o| {
-            Object::NetworkPolicy(Box::new(o))
+            Object::NetworkPolicy(std::sync::Arc::new(o))
         }),
     ];
     let mut all = futures::stream::select_all(streams);
@@ -150,7 +154,7 @@ mod tests {
     fn node(name: &str) -> Object {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
-        Object::Node(Box::new(n))
+        Object::Node(std::sync::Arc::new(n))
     }
 
     #[test]

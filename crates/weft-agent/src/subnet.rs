@@ -84,8 +84,14 @@ pub fn overlay(state: &mut ClusterState, allocs: &BTreeMap<String, Vec<IpNet>>) 
         if let weft_model::Object::Node(n) = o {
             let name = n.metadata.name.clone().unwrap_or_default();
             let Some(c) = allocs.get(&name) else { continue };
-            let spec = n.spec.get_or_insert_with(Default::default);
-            if spec.pod_cidrs.as_ref().is_none_or(|p| p.is_empty()) && spec.pod_cidr.is_none() {
+            let lacks = n.spec.as_ref().is_none_or(|s| {
+                s.pod_cidrs.as_ref().is_none_or(|p| p.is_empty()) && s.pod_cidr.is_none()
+            });
+            if lacks {
+                // Copy-on-write: the source's own object stays as it was.
+                let spec = std::sync::Arc::make_mut(n)
+                    .spec
+                    .get_or_insert_with(Default::default);
                 spec.pod_cidrs = Some(c.iter().map(|c| c.to_string()).collect());
                 spec.pod_cidr = c.first().map(|c| c.to_string());
             }

@@ -150,12 +150,12 @@ fn manifest_path(dir: &Path, o: &Object) -> PathBuf {
 
 fn store(dir: &Path, o: &Object) -> Result<(), LabError> {
     let text = match o {
-        Object::Node(x) => serde_yaml::to_string(x),
-        Object::Pod(x) => serde_yaml::to_string(x),
-        Object::Namespace(x) => serde_yaml::to_string(x),
-        Object::Service(x) => serde_yaml::to_string(x),
-        Object::EndpointSlice(x) => serde_yaml::to_string(x),
-        Object::NetworkPolicy(x) => serde_yaml::to_string(x),
+        Object::Node(x) => serde_yaml::to_string(x.as_ref()),
+        Object::Pod(x) => serde_yaml::to_string(x.as_ref()),
+        Object::Namespace(x) => serde_yaml::to_string(x.as_ref()),
+        Object::Service(x) => serde_yaml::to_string(x.as_ref()),
+        Object::EndpointSlice(x) => serde_yaml::to_string(x.as_ref()),
+        Object::NetworkPolicy(x) => serde_yaml::to_string(x.as_ref()),
     }
     .map_err(|e| msg(format!("serialise {}: {e}", o.key())))?;
     // k8s-openapi writes apiVersion and kind itself.
@@ -320,7 +320,7 @@ fn add_node(
             address: name.to_string(),
         },
     ]);
-    store(dir, &Object::Node(Box::new(node)))?;
+    store(dir, &Object::Node(std::sync::Arc::new(node)))?;
     let pid = start_agent(env, st, dir, name, &netns)?;
     if let Some(n) = st.nodes.iter_mut().find(|n| n.name == name) {
         n.agent_pid = Some(pid);
@@ -529,7 +529,7 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
     status.pod_ip = ps.ips.first().cloned();
     status.pod_ips = Some(ps.ips.iter().map(|i| PodIP { ip: i.clone() }).collect());
     status.host_ip = st.node(&ps.node).map(|n| n.ip.to_string());
-    store(dir, &Object::Pod(Box::new(p)))?;
+    store(dir, &Object::Pod(std::sync::Arc::new(p)))?;
     Ok(ps)
 }
 
@@ -537,7 +537,7 @@ fn pod_object(ps: &PodState) -> Object {
     let mut p = Pod::default();
     p.metadata.name = Some(ps.name.clone());
     p.metadata.namespace = Some(ps.namespace.clone());
-    Object::Pod(Box::new(p))
+    Object::Pod(std::sync::Arc::new(p))
 }
 
 fn stop_pod(env: &LabEnv, st: &LabState, dir: &Path, ps: &PodState) -> Result<(), LabError> {
@@ -583,7 +583,7 @@ fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Resul
         }
         let mut node = Node::default();
         node.metadata.name = Some(name.to_string());
-        unstore(dir, &Object::Node(Box::new(node)));
+        unstore(dir, &Object::Node(std::sync::Arc::new(node)));
         // Delete the underlay end of the node's cable now: the namespace
         // itself (and so the pair) only goes once its last process has
         // exited, and a node joining right after may want the same port.
@@ -714,7 +714,7 @@ fn apply_objects(
                     type_: "InternalIP".into(),
                     address: ip.to_string(),
                 }]);
-                store(dir, &Object::Node(Box::new(n)))?;
+                store(dir, &Object::Node(std::sync::Arc::new(n)))?;
                 report.push(format!("node/{name} configured"));
             }
         }
@@ -762,7 +762,7 @@ fn apply_objects(
                 weft_model::alloc::allocate(&mut svc, previous.as_ref(), &cluster, cidr)
                     .map_err(|e| msg(format!("service/{}/{}: {e}", key.namespace, key.name)))?;
                 assign_lb_ip(&mut svc, previous.as_ref(), &cluster);
-                store(dir, &Object::Service(Box::new(svc)))?;
+                store(dir, &Object::Service(std::sync::Arc::new(svc)))?;
                 route_lb_ips(st, dir)?;
                 report.push(format!(
                     "service/{}/{} {}",
@@ -984,6 +984,7 @@ fn node_subnets(env: &LabEnv, st: &LabState) -> std::collections::BTreeMap<Strin
                 if let Object::Node(node) = o {
                     if let Some(c) = node
                         .spec
+                        .clone()
                         .and_then(|s| s.pod_cidrs)
                         .filter(|c| !c.is_empty())
                     {
@@ -1066,7 +1067,7 @@ pub fn render_status(env: &LabEnv, st: &LabState) -> String {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|o| match o {
-                Object::Service(s) => Some(*s),
+                Object::Service(s) => Some((*s).clone()),
                 _ => None,
             })
             .collect();

@@ -220,7 +220,7 @@ mod tests {
             .unwrap()
             .remove(0)
         {
-            Object::Service(s) => *s,
+            Object::Service(s) => (*s).clone(),
             _ => unreachable!(),
         }
     }
@@ -243,7 +243,7 @@ mod tests {
             .filter_map(|p| p.node_port)
             .collect();
         assert_eq!(ports, [30000, 30001]);
-        st.apply(Object::Service(Box::new(a.clone())));
+        st.apply(Object::Service(std::sync::Arc::new(a.clone())));
 
         let mut b = svc("kind: Service\nmetadata: {name: b}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}\n");
         allocate(&mut b, None, &st, cidr()).unwrap();
@@ -266,7 +266,7 @@ mod tests {
         let mut st = ClusterState::default();
         let mut a = svc("kind: Service\nmetadata: {name: dns}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 53}]}\n");
         allocate(&mut a, None, &st, cidr()).unwrap();
-        st.apply(Object::Service(Box::new(a)));
+        st.apply(Object::Service(std::sync::Arc::new(a)));
         let mut dup = svc("kind: Service\nmetadata: {name: x}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 53}]}\n");
         assert_eq!(
             allocate(&mut dup, None, &st, cidr()).unwrap_err().field,

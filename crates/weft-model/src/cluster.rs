@@ -4,16 +4,17 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One API object of a kind weft understands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
-    Node(Box<Node>),
-    Pod(Box<Pod>),
-    Namespace(Box<Namespace>),
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    NetworkPolicy(Box<NetworkPolicy>),
+    Node(Arc<Node>),
+    Pod(Arc<Pod>),
+    Namespace(Arc<Namespace>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    NetworkPolicy(Arc<NetworkPolicy>),
 }
 
 /// kind, namespace ("" for cluster-scoped) and name.

@@ -16,5 +16,6 @@ pub mod proxy;
 pub mod routes;
 pub mod services;
 pub mod subnets;
+pub mod tracer;
 
 pub use cluster::{ClusterState, Object, ObjectKey};

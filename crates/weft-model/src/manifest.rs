@@ -70,12 +70,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
                     "List is not supported; use one document per object".into(),
                 ))
             }
-            "Node" => Object::Node(Box::new(decode(v, &err)?)),
-            "Pod" => Object::Pod(Box::new(decode(v, &err)?)),
-            "Namespace" => Object::Namespace(Box::new(decode(v, &err)?)),
-            "Service" => Object::Service(Box::new(decode(v, &err)?)),
-            "EndpointSlice" => Object::EndpointSlice(Box::new(decode(v, &err)?)),
-            "NetworkPolicy" => Object::NetworkPolicy(Box::new(decode(v, &err)?)),
+            "Node" => Object::Node(std::sync::Arc::new(decode(v, &err)?)),
+            "Pod" => Object::Pod(std::sync::Arc::new(decode(v, &err)?)),
+            "Namespace" => Object::Namespace(std::sync::Arc::new(decode(v, &err)?)),
+            "Service" => Object::Service(std::sync::Arc::new(decode(v, &err)?)),
+            "EndpointSlice" => Object::EndpointSlice(std::sync::Arc::new(decode(v, &err)?)),
+            "NetworkPolicy" => Object::NetworkPolicy(std::sync::Arc::new(decode(v, &err)?)),
             other => {
                 return Err(err(
                     "kind".into(),

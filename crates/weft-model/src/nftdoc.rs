@@ -143,9 +143,9 @@ impl Table {
                 .filter(|(k, v)| next.get(*k) != Some(v))
                 .map(|(k, _)| k)
                 .collect();
-            if !gone.is_empty() {
-                let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-                let _ = writeln!(s, "delete element {t} {n} {{ {} }}", keys.join(", "));
+            let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
+            for chunk in keys.chunks(ELEMENTS_PER_LINE) {
+                let _ = writeln!(s, "delete element {t} {n} {{ {} }}", chunk.join(", "));
             }
         }
         for (n, els) in &self.elements {
@@ -235,10 +235,14 @@ fn add_elements<'a>(
             }
         })
         .collect();
-    if !items.is_empty() {
-        let _ = writeln!(s, "add element {t} {n} {{ {} }}", items.join(", "));
+    // nft's scanner rejects very long lines (a 10k-Service map on one line
+    // fails), so elements go in chunks.
+    for chunk in items.chunks(ELEMENTS_PER_LINE) {
+        let _ = writeln!(s, "add element {t} {n} {{ {} }}", chunk.join(", "));
     }
 }
+
+const ELEMENTS_PER_LINE: usize = 1000;
 
 #[cfg(test)]
 mod tests {

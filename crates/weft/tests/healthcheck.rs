@@ -95,7 +95,7 @@ fn health_check_node_port(lab: &Lab, name: &str) -> u16 {
         .into_iter()
         .find_map(|o| match o {
             Object::Service(s) if s.metadata.name.as_deref() == Some(name) => {
-                s.spec?.health_check_node_port
+                s.spec.as_ref()?.health_check_node_port
             }
             _ => None,
         })
