@@ -70,6 +70,23 @@ impl Table {
             .insert(key.into(), value.into());
     }
 
+    /// Adds everything in `other` (its sets, chains and elements) to this
+    /// table; on a clash, `other` wins.
+    pub fn merge(&mut self, other: &Table) {
+        for (n, d) in &other.sets {
+            self.sets.insert(n.clone(), d.clone());
+        }
+        for (n, c) in &other.chains {
+            self.chains.insert(n.clone(), c.clone());
+        }
+        for (n, els) in &other.elements {
+            let mine = self.elements.entry(n.clone()).or_default();
+            for (k, v) in els {
+                mine.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
     fn prefix(&self) -> String {
         format!("{} {}", self.family, self.name)
     }

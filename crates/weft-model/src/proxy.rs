@@ -128,12 +128,52 @@ fn dnat_target(b: &Backend) -> String {
 /// Compiles the Service ruleset for node `node`. `cluster_cidrs` is the
 /// pod network: clients inside it are never masqueraded.
 pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Compiled {
+    let mut max_count = PRESET_COUNTS;
+    let mut t = Table::new("inet", TABLE);
+    let mut udp = BTreeMap::new();
+    let frags: Vec<Fragment> = svcs.iter().map(|s| compile_service(s, node)).collect();
+    for f in &frags {
+        max_count = max_count.max(f.max_count);
+    }
+    t.merge(&skeleton_table(cluster_cidrs, max_count));
+    for f in frags {
+        t.merge(&f.table);
+        udp.extend(f.udp);
+    }
+    Compiled { table: t, udp }
+}
+
+/// One Service's part of the table: its elements, and for affinity its own
+/// sets and chains. Fragments add up (`Table::merge`) to the Service part
+/// of the table, which lets the agent recompile only the Services that
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    pub table: Table,
+    pub udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
+    /// The largest backend count it needs an `lb*-N` chain for.
+    pub max_count: usize,
+}
+
+/// The fixed part: sets, maps, hooked chains, and the `lb*-N` chains for
+/// every N up to `max_count` (at least `PRESET_COUNTS`).
+pub fn skeleton_table(cluster_cidrs: &[IpNet], max_count: usize) -> Table {
+    let mut t = Table::new("inet", TABLE);
+    skeleton(&mut t, cluster_cidrs);
+    for f in [&V4, &V6] {
+        for n in 1..=max_count.max(PRESET_COUNTS) {
+            lb_chains(&mut t, f, n);
+        }
+    }
+    t
+}
+
+/// Compiles one Service for node `node`.
+pub fn compile_service(s: &ServiceView, node: &str) -> Fragment {
     let mut t = Table::new("inet", TABLE);
     let mut udp: BTreeMap<UdpFront, BTreeSet<IpAddr>> = BTreeMap::new();
-    let mut max_count = PRESET_COUNTS;
-    skeleton(&mut t, cluster_cidrs);
-
-    for s in svcs {
+    let mut max_count = 0;
+    {
         for p in &s.ports {
             let pr = proto(p.protocol);
             // Internal traffic (ClusterIP): all usable backends, or this
@@ -285,12 +325,11 @@ pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Com
             }
         }
     }
-    for f in [&V4, &V6] {
-        for n in 1..=max_count {
-            lb_chains(&mut t, f, n);
-        }
+    Fragment {
+        table: t,
+        udp,
+        max_count,
     }
-    Compiled { table: t, udp }
 }
 
 /// Sets, maps and hooked chains: the same for every cluster.
