@@ -141,7 +141,7 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         metrics.clone(),
         std::net::Ipv4Addr::UNSPECIFIED.into(),
     );
-    let mut current: Option<ClusterState> = None;
+    let mut current: Option<Arc<ClusterState>> = None;
     let mut retry = false;
     loop {
         let wait = if retry {
@@ -150,7 +150,7 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             cfg.resync
         };
         match latest.take(wait) {
-            Some(s) => current = Some(s),
+            Some(s) => current = Some(Arc::new(s)),
             // The periodic resync: repair drift in everything, not only in
             // what the kernel is asked about on every sync.
             None if !retry => rec.forget(),
@@ -165,7 +165,7 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 retry = false;
                 metrics.last_sync_ok.store(1, Relaxed);
                 health.update(weft_model::health::health_ports(
-                    &weft_model::services::services(state),
+                    &health_candidates(state),
                     &cfg.node_name,
                 ));
                 tracing::debug!(took_us = t.elapsed().as_micros() as u64, "synced");
@@ -183,4 +183,26 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             .last_sync_micros
             .store(t.elapsed().as_micros() as u64, Relaxed);
     }
+}
+
+/// The views of the Services that can have a health-check port (type
+/// LoadBalancer, externalTrafficPolicy Local, a port set): few, so each is
+/// computed alone rather than viewing every Service on every sync.
+fn health_candidates(state: &ClusterState) -> Vec<weft_model::services::ServiceView> {
+    state
+        .objects
+        .values()
+        .filter_map(|o| match o {
+            weft_model::Object::Service(s) => Some(s),
+            _ => None,
+        })
+        .filter(|s| {
+            s.spec.as_ref().is_some_and(|sp| {
+                sp.type_.as_deref() == Some("LoadBalancer")
+                    && sp.external_traffic_policy.as_deref() == Some("Local")
+                    && sp.health_check_node_port.is_some()
+            })
+        })
+        .filter_map(|s| weft_model::services::service_view(state, s))
+        .collect()
 }

@@ -1,16 +1,25 @@
-//! The Service proxy's applier: compiles `table inet weft-svc` from the
-//! cluster and sends the kernel only the difference from what it sent
-//! last, in one nft transaction; then deletes the UDP conntrack entries
-//! the change made stale.
+//! The Service proxy's applier: keeps `table inet weft-svc` equal to what
+//! the cluster asks for, sending the kernel only what changed.
+//!
+//! The first sync compiles every Service and sends the whole table (one
+//! transaction that replaces whatever was there). After that, a sync finds
+//! the Services whose inputs changed (their object, their EndpointSlices,
+//! or Pods in their namespace for selector Services) by comparing the new
+//! snapshot with the last one (pointer checks, since unchanged objects are
+//! shared), recompiles only those into fragments, and sends the difference:
+//! elements counted by how many Services use them (a backend's hairpin
+//! element is shared), so nothing still in use is deleted. Then it deletes
+//! the UDP conntrack entries the change made stale.
 
 use crate::AgentError;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use weft_kernel::conntrack::{self, UdpFilter};
 use weft_model::nftdoc::Table;
-use weft_model::proxy::{self, UdpFront};
-use weft_model::ClusterState;
+use weft_model::proxy::{self, Fragment, UdpFront};
+use weft_model::{ClusterState, Object, ObjectKey};
 
 /// What one sync did, for metrics and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -19,17 +28,28 @@ pub struct SyncStats {
     pub sent: bool,
     /// Whether it was the whole table rather than a difference.
     pub full: bool,
+    /// Services recompiled.
+    pub recompiled: usize,
     /// Lines in the nft transaction.
     pub lines: usize,
     /// conntrack deletions run.
     pub conntrack_flushes: usize,
 }
 
+/// What the kernel holds, as the applier last left it.
+struct Applied {
+    state: Arc<ClusterState>,
+    frags: HashMap<ObjectKey, Fragment>,
+    /// (set, key) → (value, how many fragments hold it).
+    refs: HashMap<(String, String), (String, u32)>,
+    skeleton: Table,
+    max_count: usize,
+}
+
 pub struct ServiceProxy {
     node: String,
     cluster_cidrs: Vec<IpNet>,
-    last: Option<Table>,
-    last_udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
+    applied: Option<Applied>,
 }
 
 impl ServiceProxy {
@@ -39,14 +59,13 @@ impl ServiceProxy {
         ServiceProxy {
             node: node.to_string(),
             cluster_cidrs,
-            last: None,
-            last_udp: BTreeMap::new(),
+            applied: None,
         }
     }
 
     /// Forgets what was sent, so the next sync replaces the whole table.
     pub fn forget(&mut self) {
-        self.last = None;
+        self.applied = None;
     }
 
     /// The periodic resync's check: if the table is gone (someone flushed
@@ -67,33 +86,264 @@ impl ServiceProxy {
     /// Brings the Service ruleset in the current network namespace to what
     /// `state` asks for. On failure nothing is changed in the kernel (the
     /// transaction is atomic) and the next call sends the whole table.
-    pub fn sync(&mut self, state: &ClusterState) -> Result<SyncStats, AgentError> {
-        let views = weft_model::services::services(state);
-        let c = proxy::compile(&views, &self.node, &self.cluster_cidrs);
-        let mut stats = SyncStats::default();
-        let script = match &self.last {
-            Some(prev) => c.table.diff_script(prev),
-            None => Some(c.table.full_script()),
+    /// The snapshot is shared (`Arc`) because the applier keeps it to find
+    /// what the next one changed.
+    pub fn sync(&mut self, state: Arc<ClusterState>) -> Result<SyncStats, AgentError> {
+        let Some(mut applied) = self.applied.take() else {
+            return self.full(state);
         };
-        if let Some(script) = script {
-            stats.sent = true;
-            stats.full = self.last.is_none() || script.starts_with("add table");
-            stats.lines = script.lines().count();
-            self.last = None;
-            weft_kernel::nft::apply(&script)
-                .map_err(|e| AgentError::Kernel(format!("Service rules: {e}")))?;
-            self.last = Some(c.table);
+        let dirty = dirty_services(&applied.state, &state);
+        if dirty.is_empty() {
+            let old = std::mem::replace(&mut applied.state, state);
+            std::thread::spawn(move || drop(old));
+            self.applied = Some(applied);
+            return Ok(SyncStats::default());
         }
-        for f in stale_udp(&self.last_udp, &c.udp) {
-            stats.conntrack_flushes += 1;
-            if let Err(e) = conntrack::delete_udp(&f) {
-                // The rules are in; a stale entry ages out on its own.
-                tracing::warn!(error = %e, "could not delete stale UDP conntrack entries");
-            }
+        self.patch(applied, state, dirty)
+    }
+
+    fn full(&mut self, state: Arc<ClusterState>) -> Result<SyncStats, AgentError> {
+        let mut frags = HashMap::new();
+        let mut max_count = 0;
+        for v in weft_model::services::services(&state) {
+            let f = proxy::compile_service(&v, &self.node);
+            max_count = max_count.max(f.max_count);
+            let k = ObjectKey {
+                kind: "Service",
+                namespace: v.namespace,
+                name: v.name,
+            };
+            frags.insert(k, f);
         }
-        self.last_udp = c.udp;
+        let skeleton = proxy::skeleton_table(&self.cluster_cidrs, max_count);
+        let mut table = skeleton.clone();
+        let mut refs: HashMap<(String, String), (String, u32)> = HashMap::new();
+        for f in frags.values() {
+            table.merge(&f.table);
+            count(&mut refs, &f.table, 1);
+        }
+        let script = table.full_script();
+        apply(&script)?;
+        let stats = SyncStats {
+            sent: true,
+            full: true,
+            recompiled: frags.len(),
+            lines: script.lines().count(),
+            conntrack_flushes: 0,
+        };
+        // No conntrack deletions here: at start nothing is known of earlier
+        // flows, and one `conntrack` run per UDP frontend would cost seconds
+        // at 10k Services. Changes from here on are followed.
+        self.applied = Some(Applied {
+            state,
+            frags,
+            refs,
+            skeleton,
+            max_count,
+        });
         Ok(stats)
     }
+
+    fn patch(
+        &mut self,
+        mut ap: Applied,
+        state: Arc<ClusterState>,
+        dirty: BTreeSet<ObjectKey>,
+    ) -> Result<SyncStats, AgentError> {
+        // Before and after, restricted to what the dirty Services touch;
+        // `diff_script` between the two is the transaction.
+        let mut before = ap.skeleton.clone();
+        let mut next: Vec<(ObjectKey, Option<Fragment>)> = Vec::new();
+        let mut max_count = ap.max_count;
+        for k in &dirty {
+            let f = match state.objects.get(k) {
+                Some(Object::Service(svc)) => weft_model::services::service_view(&state, svc)
+                    .map(|v| proxy::compile_service(&v, &self.node)),
+                _ => None,
+            };
+            if let Some(f) = &f {
+                max_count = max_count.max(f.max_count);
+            }
+            next.push((k.clone(), f));
+        }
+        let mut after = if max_count > ap.max_count {
+            proxy::skeleton_table(&self.cluster_cidrs, max_count)
+        } else {
+            ap.skeleton.clone()
+        };
+        let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+        for (k, f) in &next {
+            if let Some(old) = ap.frags.get(k) {
+                add_decls(&mut before, &old.table);
+                touched.extend(keys(&old.table));
+            }
+            if let Some(f) = f {
+                add_decls(&mut after, &f.table);
+                touched.extend(keys(&f.table));
+            }
+        }
+        let value_of = |refs: &HashMap<(String, String), (String, u32)>, t: &(String, String)| {
+            refs.get(t).map(|(v, _)| v.clone())
+        };
+        let old_values: Vec<Option<String>> =
+            touched.iter().map(|t| value_of(&ap.refs, t)).collect();
+        let mut udp_changes = Vec::new();
+        for (k, f) in &next {
+            let old = ap.frags.remove(k);
+            if let Some(old) = &old {
+                count(&mut ap.refs, &old.table, -1);
+            }
+            if let Some(f) = f {
+                count(&mut ap.refs, &f.table, 1);
+            }
+            let empty = BTreeMap::new();
+            udp_changes.extend(stale_udp(
+                old.as_ref().map(|o| &o.udp).unwrap_or(&empty),
+                f.as_ref().map(|f| &f.udp).unwrap_or(&empty),
+            ));
+        }
+        for (t, old) in touched.iter().zip(old_values) {
+            if let Some(v) = old {
+                before.element(&t.0, t.1.clone(), v);
+            }
+            if let Some(v) = value_of(&ap.refs, t) {
+                after.element(&t.0, t.1.clone(), v);
+            }
+        }
+        let mut stats = SyncStats {
+            recompiled: next.len(),
+            ..SyncStats::default()
+        };
+        if let Some(script) = after.diff_script(&before) {
+            if script.starts_with("add table") {
+                // A declaration changed: only the whole table will do.
+                return self.full(state);
+            }
+            stats.sent = true;
+            stats.lines = script.lines().count();
+            apply(&script)?;
+        }
+        for (k, f) in next {
+            if let Some(f) = f {
+                ap.frags.insert(k, f);
+            }
+        }
+        ap.skeleton = if max_count > ap.max_count {
+            proxy::skeleton_table(&self.cluster_cidrs, max_count)
+        } else {
+            ap.skeleton
+        };
+        ap.max_count = max_count;
+        let old = std::mem::replace(&mut ap.state, state);
+        // Freeing a 10k-Service snapshot takes milliseconds; not on the
+        // path of the change.
+        std::thread::spawn(move || drop(old));
+        self.applied = Some(ap);
+        stats.conntrack_flushes = flush(udp_changes);
+        Ok(stats)
+    }
+}
+
+fn apply(script: &str) -> Result<(), AgentError> {
+    weft_kernel::nft::apply(script).map_err(|e| AgentError::Kernel(format!("Service rules: {e}")))
+}
+
+fn flush(filters: Vec<UdpFilter>) -> usize {
+    let n = filters.len();
+    for f in filters {
+        if let Err(e) = conntrack::delete_udp(&f) {
+            // The rules are in; a stale entry ages out on its own.
+            tracing::warn!(error = %e, "could not delete stale UDP conntrack entries");
+        }
+    }
+    n
+}
+
+/// A fragment's sets and chains (its elements are counted separately).
+fn add_decls(t: &mut Table, f: &Table) {
+    for (n, d) in &f.sets {
+        t.sets.insert(n.clone(), d.clone());
+        t.elements.entry(n.clone()).or_default();
+    }
+    for (n, c) in &f.chains {
+        t.chains.insert(n.clone(), c.clone());
+    }
+}
+
+fn keys(t: &Table) -> impl Iterator<Item = (String, String)> + '_ {
+    t.elements
+        .iter()
+        .flat_map(|(s, els)| els.keys().map(move |k| (s.clone(), k.clone())))
+}
+
+fn count(refs: &mut HashMap<(String, String), (String, u32)>, t: &Table, by: i32) {
+    for (s, els) in &t.elements {
+        for (k, v) in els {
+            let key = (s.clone(), k.clone());
+            if by > 0 {
+                refs.entry(key).or_insert_with(|| (v.clone(), 0)).1 += 1;
+            } else if let Some(e) = refs.get_mut(&key) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    refs.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// The Services whose compiled form may differ between two snapshots: a
+/// changed Service, a changed EndpointSlice's Service, and for a changed
+/// Pod every selector Service in its namespace.
+pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<ObjectKey> {
+    let mut out = BTreeSet::new();
+    let mut pod_ns: BTreeSet<String> = BTreeSet::new();
+    for (k, a, b) in prev.changed(next) {
+        match k.kind {
+            "Service" => {
+                out.insert(k.clone());
+            }
+            "EndpointSlice" => {
+                for o in [a, b].into_iter().flatten() {
+                    if let Object::EndpointSlice(e) = o {
+                        if let Some(svc) = e
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/service-name"))
+                        {
+                            out.insert(ObjectKey {
+                                kind: "Service",
+                                namespace: k.namespace.clone(),
+                                name: svc.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            "Pod" => {
+                pod_ns.insert(k.namespace.clone());
+            }
+            _ => {}
+        }
+    }
+    if !pod_ns.is_empty() {
+        for st in [prev, next] {
+            for (k, o) in &st.objects {
+                if let Object::Service(s) = o {
+                    let selects = s
+                        .spec
+                        .as_ref()
+                        .and_then(|sp| sp.selector.as_ref())
+                        .is_some_and(|sel| !sel.is_empty());
+                    if selects && pod_ns.contains(&k.namespace) {
+                        out.insert(k.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The conntrack deletions a change of UDP backends calls for, as

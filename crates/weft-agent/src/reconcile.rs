@@ -83,9 +83,18 @@ impl Reconciler {
         self.proxy.recheck();
     }
 
-    pub fn sync(&mut self, snapshot: &ClusterState) -> Result<(), AgentError> {
+    pub fn sync(&mut self, snapshot: &Arc<ClusterState>) -> Result<(), AgentError> {
         let cfg = self.cfg.clone();
-        let mut state = snapshot.clone();
+        // Routing needs only the Nodes; a copy of them (not of every
+        // object) takes the standalone subnet allocations.
+        let mut state = ClusterState {
+            objects: snapshot
+                .objects
+                .iter()
+                .filter(|(k, _)| k.kind == "Node")
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect(),
+        };
         if let Some(a) = &self.allocs {
             let me = state.node(&cfg.node_name).ok_or_else(|| {
                 AgentError::NotReady(format!(
@@ -136,7 +145,7 @@ impl Reconciler {
             weft_kernel::nft::apply(&egress).map_err(err("nftables"))?;
             self.last_egress = Some(egress);
         }
-        let st = self.proxy.sync(&state)?;
+        let st = self.proxy.sync(snapshot.clone())?;
         if st.sent {
             tracing::debug!(full = st.full, lines = st.lines, "Service rules applied");
         }

@@ -6,12 +6,12 @@ use weft_kernel::netns::NetNs;
 use weft_model::ClusterState;
 use weft_testkit::Netns;
 
-fn state(y: &str) -> ClusterState {
+fn state(y: &str) -> std::sync::Arc<ClusterState> {
     let mut s = ClusterState::default();
     for o in weft_model::manifest::parse(std::path::Path::new("t.yaml"), y).unwrap() {
         s.apply(o);
     }
-    s
+    std::sync::Arc::new(s)
 }
 
 fn svc(name: &str, ip: &str, extra: &str) -> String {
@@ -40,7 +40,7 @@ fn applies_the_table_then_only_differences() {
         + &pod("a", "web", "{ip: 10.244.0.2}, {ip: 'fd00:244::2'}")
         + &pod("s1", "sticky", "{ip: 10.244.0.3}")
         + &pod("s2", "sticky", "{ip: 10.244.0.4}");
-    let st = nn.run(|| Ok(p.sync(&state(&base)).unwrap())).unwrap();
+    let st = nn.run(|| Ok(p.sync(state(&base)).unwrap())).unwrap();
     assert!(st.sent && st.full);
     let listed = ns.ok("nft list table inet weft-svc");
     assert!(
@@ -57,13 +57,13 @@ fn applies_the_table_then_only_differences() {
     );
 
     // Same state: nothing sent.
-    let st = nn.run(|| Ok(p.sync(&state(&base)).unwrap())).unwrap();
+    let st = nn.run(|| Ok(p.sync(state(&base)).unwrap())).unwrap();
     assert!(!st.sent);
 
     // One more backend for web and one fewer for sticky: a difference.
     let next = base.replace(&pod("s2", "sticky", "{ip: 10.244.0.4}"), "")
         + &pod("b", "web", "{ip: 10.244.0.5}, {ip: 'fd00:244::5'}");
-    let st = nn.run(|| Ok(p.sync(&state(&next)).unwrap())).unwrap();
+    let st = nn.run(|| Ok(p.sync(state(&next)).unwrap())).unwrap();
     assert!(st.sent && !st.full, "{st:?}");
     let listed = ns.ok("nft list table inet weft-svc");
     assert!(
@@ -75,7 +75,7 @@ fn applies_the_table_then_only_differences() {
 
     // A restarted agent (a fresh applier) replaces whatever is there.
     let mut p2 = ServiceProxy::new("node-1", vec!["10.244.0.0/16".parse().unwrap()]);
-    let st = nn.run(|| Ok(p2.sync(&state(&base)).unwrap())).unwrap();
+    let st = nn.run(|| Ok(p2.sync(state(&base)).unwrap())).unwrap();
     assert!(st.full);
     let listed = ns.ok("nft list table inet weft-svc");
     assert!(
@@ -147,7 +147,7 @@ fn dual_stack_service_with_real_packets() {
             "fd00:244::/32".parse().unwrap(),
         ],
     );
-    nn.run(|| Ok(p.sync(&state(&y)).unwrap())).unwrap();
+    nn.run(|| Ok(p.sync(state(&y)).unwrap())).unwrap();
     let get = |addr: &str| {
         let o = a.sh(&format!("timeout 3 socat - TCP:{addr}"));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -201,7 +201,7 @@ fn a_full_resync_keeps_established_connections() {
         .unwrap();
     let y = svc("echo", "10.96.0.40", "") + &pod("b", "echo", "{ip: 10.244.0.2}");
     let nn = NetNs::open(&node.path()).unwrap();
-    nn.run(|| Ok(proxy().sync(&state(&y)).unwrap())).unwrap();
+    nn.run(|| Ok(proxy().sync(state(&y)).unwrap())).unwrap();
     let an = NetNs::open(&a.path()).unwrap();
     // The socket belongs to pod a's namespace for its whole life.
     let conn = an
@@ -225,7 +225,7 @@ fn a_full_resync_keeps_established_connections() {
     assert_eq!(line, "before\n");
 
     // A new agent: a fresh applier sends the whole table.
-    let st = nn.run(|| Ok(proxy().sync(&state(&y)).unwrap())).unwrap();
+    let st = nn.run(|| Ok(proxy().sync(state(&y)).unwrap())).unwrap();
     assert!(st.full);
     line.clear();
     w.write_all(b"after\n").unwrap();
@@ -235,4 +235,74 @@ fn a_full_resync_keeps_established_connections() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "new");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// `nft list table` as a sorted multiset of items, so that two tables
+/// with the same content compare equal whatever order elements print in.
+fn normalized(ns: &Netns) -> Vec<String> {
+    let text = ns.ok("nft list table inet weft-svc");
+    let mut items: Vec<String> = text
+        .split(['\n', ','])
+        .map(|s| {
+            s.trim()
+                .trim_start_matches("elements = {")
+                .trim()
+                .to_string()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    items.sort();
+    items
+}
+
+/// After any sequence of changes, what the incremental applier left in the
+/// kernel equals what a fresh agent sends whole.
+#[test]
+fn incremental_syncs_equal_a_full_one() {
+    let inc = Netns::new("px-inc");
+    let inc_nn = NetNs::open(&inc.path()).unwrap();
+    let mut p = proxy();
+    let many: String = (0..20)
+        .map(|i| {
+            pod(
+                &format!("m{i}"),
+                "many",
+                &format!("{{ip: 10.244.3.{}}}", i + 1),
+            )
+        })
+        .collect();
+    let steps = [
+        svc("web", "10.96.0.16", "")
+            + &svc("sticky", "10.96.0.17", "  sessionAffinity: ClientIP\n")
+            + &pod("a", "web", "{ip: 10.244.0.2}")
+            + &pod("s1", "sticky", "{ip: 10.244.0.3}")
+            + &pod("s2", "sticky", "{ip: 10.244.0.4}"),
+        // A backend more; one affinity backend gone; a Service with 20
+        // backends (more lb chains); a pod backing two Services.
+        svc("web", "10.96.0.16", "")
+            + &svc("sticky", "10.96.0.17", "  sessionAffinity: ClientIP\n")
+            + &svc("many", "10.96.0.18", "")
+            + &svc("web2", "10.96.0.19", "")
+            + &pod("a2", "web2", "{ip: 10.244.0.2}")
+            + &pod("a", "web", "{ip: 10.244.0.2}")
+            + &pod("b", "web", "{ip: 10.244.0.5}")
+            + &pod("s1", "sticky", "{ip: 10.244.0.3}")
+            + &many,
+        // web2 and sticky go; web loses a backend.
+        svc("web", "10.96.0.16", "")
+            + &svc("many", "10.96.0.18", "")
+            + &pod("b", "web", "{ip: 10.244.0.5}")
+            + &many,
+    ];
+    for (i, y) in steps.iter().enumerate() {
+        let st = state(y);
+        let s = inc_nn.run(|| Ok(p.sync(st.clone()).unwrap())).unwrap();
+        assert_eq!(s.full, i == 0, "step {i}: {s:?}");
+        let full = Netns::new("px-full");
+        let full_nn = NetNs::open(&full.path()).unwrap();
+        full_nn
+            .run(|| Ok(proxy().sync(st.clone()).unwrap()))
+            .unwrap();
+        assert_eq!(normalized(&inc), normalized(&full), "step {i}");
+    }
 }

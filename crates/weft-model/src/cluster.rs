@@ -58,6 +58,20 @@ impl Object {
         }
     }
 
+    /// Whether two objects are the same: the same allocation (sources
+    /// keep unchanged objects, so this is the common, O(1) case) or equal.
+    pub fn same(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::Pod(a), Object::Pod(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::NetworkPolicy(a), Object::NetworkPolicy(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
         let m = self.meta();
         let namespaced = !matches!(self, Object::Node(_) | Object::Namespace(_));
@@ -73,8 +87,9 @@ impl Object {
     }
 }
 
-/// Every object, by key. Cloning is cheap enough at the scales weft syncs
-/// (the compilers take `&ClusterState`; sources own the only mutable copy).
+/// Every object, by key. Objects sit behind `Arc`, so a snapshot clones
+/// cheaply and unchanged objects stay pointer-equal across snapshots, which
+/// is how the agent finds what changed (`Object::same`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
     pub objects: BTreeMap<ObjectKey, Object>,
@@ -83,6 +98,48 @@ pub struct ClusterState {
 impl ClusterState {
     pub fn apply(&mut self, o: Object) {
         self.objects.insert(o.key(), o);
+    }
+
+    /// Keys whose object differs between `self` (older) and `next`: added,
+    /// removed or changed. A merge of two sorted maps, O(n) pointer checks.
+    pub fn changed<'a>(
+        &'a self,
+        next: &'a ClusterState,
+    ) -> Vec<(&'a ObjectKey, Option<&'a Object>, Option<&'a Object>)> {
+        let mut out = Vec::new();
+        let mut a = self.objects.iter().peekable();
+        let mut b = next.objects.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((ka, oa)), None) => {
+                    out.push((*ka, Some(*oa), None));
+                    a.next();
+                }
+                (None, Some((kb, ob))) => {
+                    out.push((*kb, None, Some(*ob)));
+                    b.next();
+                }
+                (Some((ka, oa)), Some((kb, ob))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        out.push((*ka, Some(*oa), None));
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        out.push((*kb, None, Some(*ob)));
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !oa.same(ob) {
+                            out.push((*ka, Some(*oa), Some(*ob)));
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+        out
     }
 
     pub fn delete(&mut self, k: &ObjectKey) -> Option<Object> {

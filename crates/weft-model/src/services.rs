@@ -152,6 +152,41 @@ impl<'a> Index<'a> {
         }
         ix
     }
+
+    /// The index for one Service only: a scan, cheaper than `new` when a
+    /// handful of Services changed.
+    fn for_service(state: &'a ClusterState, ns: &'a str, name: &'a str) -> Index<'a> {
+        let mut ix = Index {
+            slices: HashMap::new(),
+            pods: HashMap::new(),
+        };
+        for o in state.objects.values() {
+            match o {
+                Object::EndpointSlice(e)
+                    if e.metadata.namespace.as_deref().unwrap_or("default") == ns
+                        && e.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/service-name"))
+                            .is_some_and(|n| n == name) =>
+                {
+                    ix.slices.entry((ns, name)).or_default().push(e);
+                }
+                Object::Pod(p) if p.metadata.namespace.as_deref().unwrap_or("default") == ns => {
+                    ix.pods.entry(ns).or_default().push(p);
+                }
+                _ => {}
+            }
+        }
+        ix
+    }
+}
+
+/// The view of one Service (None when the proxy leaves it alone).
+pub fn service_view(state: &ClusterState, svc: &Service) -> Option<ServiceView> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref()?;
+    view(&Index::for_service(state, ns, name), svc)
 }
 
 /// Every Service the proxy handles: not headless, not ExternalName.
