@@ -18,9 +18,18 @@
 //! Services with no usable backend, and unknown ports on a live ClusterIP,
 //! are rejected at once (TCP reset / ICMP unreachable) from filter hooks,
 //! since NAT chains cannot reject; packets that were DNATed no longer carry
-//! the Service address, so the filter hooks see only the leftovers. Traffic
-//! to a Service from outside the pod network is marked and masqueraded, as
-//! kube-proxy does; pod → Service → pod keeps the client pod's address.
+//! the Service address, so the filter hooks see only the leftovers. A
+//! Local traffic policy with no backend on this node drops instead, as
+//! kube-proxy does.
+//!
+//! Masquerading follows kube-proxy: a ClusterIP masquerades clients from
+//! outside the pod network (pod → Service → pod keeps the client pod's
+//! address); externalIPs, LB IPs and NodePorts under the Cluster policy
+//! masquerade every client. Under the Local policy (`lbl*`, `npl*`
+//! chains) pods and the node itself are not external clients: they
+//! short-circuit, through a second frontend map (`svcc*`, `npc*`), to every
+//! backend of the Service, the node masqueraded; only clients from
+//! elsewhere get this node's backends, with their address kept.
 //!
 //! The filter hooks leave room for NetworkPolicy after DNAT: a policy
 //! chain at forward priority 0 sees backend addresses.
@@ -52,20 +61,21 @@ struct Fam {
     v: &'static str,
     ip: &'static str,
     addr: &'static str,
-    nfproto: &'static str,
+    /// Loopback, where NodePorts are not served.
+    lo: &'static str,
 }
 
 const V4: Fam = Fam {
     v: "4",
     ip: "ip",
     addr: "ipv4_addr",
-    nfproto: "ipv4",
+    lo: "127.0.0.0/8",
 };
 const V6: Fam = Fam {
     v: "6",
     ip: "ip6",
     addr: "ipv6_addr",
-    nfproto: "ipv6",
+    lo: "::1",
 };
 
 fn fam(ip: &IpAddr) -> &'static Fam {
@@ -91,25 +101,78 @@ pub struct Compiled {
     pub udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
 }
 
-/// One way into a Service port: how the client gets marked, and which
-/// backends it may use.
+/// One way into a Service port: the family of `<chain><v>-N` chains that
+/// takes it, which says how the client gets marked and which backend map
+/// the chain draws from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// ClusterIP, externalIP and LB IP under the Cluster policy: masquerade
-    /// clients from outside the pod network.
+    /// ClusterIP: masquerade clients from outside the pod network. Also
+    /// where pods and the node go when they short-circuit a Local
+    /// externalIP / LB IP, with every backend.
     Lb,
-    /// externalTrafficPolicy Local (or iTP Local): keep the client.
+    /// externalIP and LB IP under the Cluster policy: masquerade every
+    /// client, as kube-proxy does.
+    Ext,
+    /// externalIP and LB IP under the Local policy: pods and the node
+    /// short-circuit to every backend (`short-lb*`); other clients keep
+    /// their address and get this node's backends (`bel*` maps).
     Local,
-    /// NodePort, Cluster policy: always masquerade.
+    /// NodePort, Cluster policy: masquerade every client.
     NodePort,
+    /// NodePort, Local policy: as `Local`, through `short-np*`.
+    NpLocal,
+    /// A Local NodePort short-circuited for a pod or the node: every
+    /// backend, no mark of its own (`short-np*` marked the node).
+    NpShort,
 }
+
+const MODES: [Mode; 6] = [
+    Mode::Lb,
+    Mode::Ext,
+    Mode::Local,
+    Mode::NodePort,
+    Mode::NpLocal,
+    Mode::NpShort,
+];
 
 impl Mode {
     fn chain(self) -> &'static str {
         match self {
             Mode::Lb => "lb",
+            Mode::Ext => "lbx",
             Mode::Local => "lbl",
             Mode::NodePort => "np",
+            Mode::NpLocal => "npl",
+            Mode::NpShort => "nps",
+        }
+    }
+
+    /// NodePort chains find backends by node port, the others by the
+    /// frontend's address and port.
+    fn nodeport(self) -> bool {
+        matches!(self, Mode::NodePort | Mode::NpLocal | Mode::NpShort)
+    }
+
+    /// The backend maps (one per protocol): Local frontends keep this
+    /// node's backends apart from the Service's every backend.
+    fn map(self) -> &'static str {
+        match self {
+            Mode::Lb | Mode::Ext => "be",
+            Mode::Local => "bel",
+            Mode::NodePort | Mode::NpShort => "npbe",
+            Mode::NpLocal => "npbel",
+        }
+    }
+
+    /// What the chain does before it picks a backend: mark, or send pods
+    /// and the node elsewhere.
+    fn head(self, v: &str) -> Option<String> {
+        match self {
+            Mode::Lb => Some(format!("jump mark-lb{v}")),
+            Mode::Ext | Mode::NodePort => Some("jump mark-all".to_string()),
+            Mode::Local => Some(format!("jump short-lb{v}")),
+            Mode::NpLocal => Some(format!("jump short-np{v}")),
+            Mode::NpShort => None,
         }
     }
 }
@@ -170,165 +233,217 @@ pub fn skeleton_table(cluster_cidrs: &[IpNet], max_count: usize) -> Table {
 
 /// Compiles one Service for node `node`.
 pub fn compile_service(s: &ServiceView, node: &str) -> Fragment {
-    let mut t = Table::new("inet", TABLE);
-    let mut udp: BTreeMap<UdpFront, BTreeSet<IpAddr>> = BTreeMap::new();
-    let mut max_count = 0;
-    {
-        for p in &s.ports {
-            let pr = proto(p.protocol);
-            // Internal traffic (ClusterIP): all usable backends, or this
-            // node's for internalTrafficPolicy Local.
-            let internal = if s.internal_local {
-                usable_on(&p.backends, node)
-            } else {
-                usable(&p.backends)
-            };
-            let external = if s.external_local {
-                usable_on(&p.backends, node)
-            } else {
-                usable(&p.backends)
-            };
-            // iTP Local narrows the backends, not who gets masqueraded.
-            let int_mode = Mode::Lb;
-            let ext_mode = if s.external_local {
-                Mode::Local
-            } else {
-                Mode::Lb
-            };
-            let mut fronts: Vec<(IpAddr, &Vec<&Backend>, Mode, bool)> = Vec::new();
-            for ip in &s.cluster_ips {
-                fronts.push((*ip, &internal, int_mode, s.internal_local));
-            }
-            for ip in s.external_ips.iter().chain(&s.lb_ips) {
-                fronts.push((*ip, &external, ext_mode, s.external_local));
-            }
-            for ip in &s.cluster_ips {
-                t.element(&format!("cips{}", fam(ip).v), ip.to_string(), "");
-            }
-            // loadBalancerSourceRanges: who may use the LB frontends.
-            for ip in &s.lb_ips {
-                let f = fam(ip);
-                let ranges: Vec<_> = s
-                    .lb_source_ranges
-                    .iter()
-                    .filter(|r| r.addr().is_ipv4() == ip.is_ipv4())
-                    .collect();
-                if ranges.is_empty() {
-                    continue;
-                }
-                let key = format!("{ip} . {pr} . {}", p.port);
-                for r in ranges {
-                    t.element(
-                        &format!("lbsrok{}", f.v),
-                        format!("{key} . {}", r.trunc()),
-                        "",
-                    );
-                }
-                t.element(&format!("lbsr{}", f.v), key, "");
-            }
-            for (ip, bs, mode, local) in fronts {
-                let f = fam(&ip);
-                let bs: Vec<&Backend> = bs
-                    .iter()
-                    .filter(|b| b.ip.is_ipv4() == ip.is_ipv4())
-                    .copied()
-                    .collect();
-                if p.protocol == Proto::Udp {
-                    udp.insert(UdpFront::Ip(ip, p.port), bs.iter().map(|b| b.ip).collect());
-                }
-                let key = format!("{ip} . {pr} . {}", p.port);
-                if bs.is_empty() {
-                    t.element(&format!("noep{}", f.v), key, "");
-                    continue;
-                }
-                for b in &bs {
-                    t.element(
-                        &format!("hairpin{}", f.v),
-                        format!("{} . {}", b.ip, b.ip),
-                        "",
-                    );
-                }
-                let verdict = match s.affinity_timeout {
-                    Some(secs) => affinity(&mut t, f, s, pr, p.port, &bs, mode, local, secs),
-                    None => {
-                        max_count = max_count.max(bs.len());
-                        for (i, b) in bs.iter().enumerate() {
-                            t.element(
-                                &format!("be{}{pr}", f.v),
-                                format!("{ip} . {} . {i}", p.port),
-                                format!("{} . {}", b.ip, b.port),
-                            );
-                        }
-                        format!("goto {}{}-{}", mode.chain(), f.v, bs.len())
-                    }
-                };
-                t.element(&format!("svc{}", f.v), key, verdict);
-            }
-            let (Some(np), Kind::NodePort | Kind::LoadBalancer) = (p.node_port, s.kind) else {
+    let mut c = Svc {
+        t: Table::new("inet", TABLE),
+        udp: BTreeMap::new(),
+        max_count: 0,
+        s,
+    };
+    for p in &s.ports {
+        let pr = proto(p.protocol);
+        // Every usable backend, and this node's (the Local policies).
+        let all = usable(&p.backends);
+        let local = usable_on(&p.backends, node);
+        for ip in &s.cluster_ips {
+            c.t.element(&format!("cips{}", fam(ip).v), ip.to_string(), "");
+        }
+        // loadBalancerSourceRanges: who may use the LB frontends.
+        for ip in &s.lb_ips {
+            let f = fam(ip);
+            let ranges: Vec<_> = s
+                .lb_source_ranges
+                .iter()
+                .filter(|r| r.addr().is_ipv4() == ip.is_ipv4())
+                .collect();
+            if ranges.is_empty() {
                 continue;
-            };
-            let np_mode = if s.external_local {
-                Mode::Local
-            } else {
-                Mode::NodePort
-            };
-            for f in [&V4, &V6] {
-                // A family the Service has no ClusterIP in is not served.
-                if !s.cluster_ips.iter().any(|c| fam(c).v == f.v) {
-                    continue;
-                }
-                let bs: Vec<&Backend> = external
-                    .iter()
-                    .filter(|b| fam(&b.ip).v == f.v)
-                    .copied()
-                    .collect();
-                if p.protocol == Proto::Udp {
-                    udp.insert(
-                        UdpFront::NodePort {
-                            v6: f.v == "6",
-                            port: np,
-                        },
-                        bs.iter().map(|b| b.ip).collect(),
-                    );
-                }
-                let key = format!("{pr} . {np}");
-                if bs.is_empty() {
-                    t.element(&format!("npnoep{}", f.v), key, "");
-                    continue;
-                }
-                let verdict = match s.affinity_timeout {
-                    Some(secs) => affinity(
-                        &mut t,
-                        f,
-                        s,
-                        pr,
-                        p.port,
-                        &bs,
-                        np_mode,
-                        s.external_local,
-                        secs,
-                    ),
-                    None => {
-                        max_count = max_count.max(bs.len());
-                        for (i, b) in bs.iter().enumerate() {
-                            t.element(
-                                &format!("npbe{}{pr}", f.v),
-                                format!("{np} . {i}"),
-                                format!("{} . {}", b.ip, b.port),
-                            );
-                        }
-                        let c = if np_mode == Mode::Local { "npl" } else { "np" };
-                        format!("goto {c}{}-{}", f.v, bs.len())
-                    }
-                };
-                t.element(&format!("np{}", f.v), key, verdict);
             }
+            let key = format!("{ip} . {pr} . {}", p.port);
+            for r in ranges {
+                c.t.element(
+                    &format!("lbsrok{}", f.v),
+                    format!("{key} . {}", r.trunc()),
+                    "",
+                );
+            }
+            c.t.element(&format!("lbsr{}", f.v), key, "");
+        }
+        // ClusterIPs: every backend, or this node's for iTP Local (none
+        // here while the Service has some elsewhere: DROP, as kube-proxy).
+        for ip in &s.cluster_ips {
+            let f = fam(ip);
+            let every = of_fam(&all, f);
+            let bs = if s.internal_local {
+                of_fam(&local, f)
+            } else {
+                every.clone()
+            };
+            if p.protocol == Proto::Udp {
+                c.udp_front(UdpFront::Ip(*ip, p.port), &bs);
+            }
+            let key = format!("{ip} . {pr} . {}", p.port);
+            if every.is_empty() {
+                c.t.element(&format!("noep{}", f.v), key, "");
+                continue;
+            }
+            if bs.is_empty() {
+                c.t.element(&format!("nolocal{}", f.v), key, "");
+                continue;
+            }
+            let be = format!("{ip} . {}", p.port);
+            let v = c.verdict(f, pr, p.port, &be, &bs, Mode::Lb, s.internal_local);
+            c.t.element(&format!("svc{}", f.v), key, v);
+        }
+        // externalIPs and LB IPs.
+        for ip in s.external_ips.iter().chain(&s.lb_ips) {
+            let f = fam(ip);
+            let every = of_fam(&all, f);
+            let key = format!("{ip} . {pr} . {}", p.port);
+            let be = format!("{ip} . {}", p.port);
+            if !s.external_local {
+                if p.protocol == Proto::Udp {
+                    c.udp_front(UdpFront::Ip(*ip, p.port), &every);
+                }
+                if every.is_empty() {
+                    c.t.element(&format!("noep{}", f.v), key, "");
+                    continue;
+                }
+                let v = c.verdict(f, pr, p.port, &be, &every, Mode::Ext, false);
+                c.t.element(&format!("svc{}", f.v), key, v);
+                continue;
+            }
+            let bs = of_fam(&local, f);
+            if p.protocol == Proto::Udp {
+                c.udp_front(UdpFront::Ip(*ip, p.port), &every);
+                c.udp_front(UdpFront::Ip(*ip, p.port), &bs);
+            }
+            if every.is_empty() {
+                c.t.element(&format!("noep{}", f.v), key, "");
+                continue;
+            }
+            // Pods and the node: every backend, as for the ClusterIP.
+            let v = c.verdict(f, pr, p.port, &be, &every, Mode::Lb, false);
+            c.t.element(&format!("svcc{}", f.v), key.clone(), v);
+            let v = if bs.is_empty() {
+                // Nothing here: only the short-circuit, then DROP.
+                c.t.element(&format!("nolocal{}", f.v), key.clone(), "");
+                format!("goto short-lb{}", f.v)
+            } else {
+                c.verdict(f, pr, p.port, &be, &bs, Mode::Local, true)
+            };
+            c.t.element(&format!("svc{}", f.v), key, v);
+        }
+        let (Some(np), Kind::NodePort | Kind::LoadBalancer) = (p.node_port, s.kind) else {
+            continue;
+        };
+        for f in [&V4, &V6] {
+            // A family the Service has no ClusterIP in is not served.
+            if !s.cluster_ips.iter().any(|c| fam(c).v == f.v) {
+                continue;
+            }
+            let every = of_fam(&all, f);
+            let bs = if s.external_local {
+                of_fam(&local, f)
+            } else {
+                every.clone()
+            };
+            if p.protocol == Proto::Udp {
+                let front = UdpFront::NodePort {
+                    v6: f.v == "6",
+                    port: np,
+                };
+                c.udp_front(front, &bs);
+                if s.external_local {
+                    c.udp_front(front, &every);
+                }
+            }
+            let key = format!("{pr} . {np}");
+            if every.is_empty() {
+                c.t.element(&format!("npnoep{}", f.v), key, "");
+                continue;
+            }
+            let be = np.to_string();
+            if !s.external_local {
+                let v = c.verdict(f, pr, p.port, &be, &bs, Mode::NodePort, false);
+                c.t.element(&format!("np{}", f.v), key, v);
+                continue;
+            }
+            let v = c.verdict(f, pr, p.port, &be, &every, Mode::NpShort, false);
+            c.t.element(&format!("npc{}", f.v), key.clone(), v);
+            let v = if bs.is_empty() {
+                c.t.element(&format!("npnolocal{}", f.v), key.clone(), "");
+                format!("goto short-np{}", f.v)
+            } else {
+                c.verdict(f, pr, p.port, &be, &bs, Mode::NpLocal, true)
+            };
+            c.t.element(&format!("np{}", f.v), key, v);
         }
     }
     Fragment {
-        table: t,
-        udp,
-        max_count,
+        table: c.t,
+        udp: c.udp,
+        max_count: c.max_count,
+    }
+}
+
+/// The backends of one family.
+fn of_fam<'a>(bs: &[&'a Backend], f: &Fam) -> Vec<&'a Backend> {
+    bs.iter().filter(|b| fam(&b.ip).v == f.v).copied().collect()
+}
+
+/// One Service's fragment while it is compiled.
+struct Svc<'a> {
+    t: Table,
+    udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
+    max_count: usize,
+    s: &'a ServiceView,
+}
+
+impl Svc<'_> {
+    /// Records backends a UDP frontend may use (every path of it).
+    fn udp_front(&mut self, front: UdpFront, bs: &[&Backend]) {
+        self.udp
+            .entry(front)
+            .or_default()
+            .extend(bs.iter().map(|b| b.ip));
+    }
+
+    /// The verdict that sends a frontend to `bs` (not empty) through a
+    /// `mode` chain, with the backends as elements under `be` (`ip .
+    /// port`, or the node port), or through affinity chains. `local` says
+    /// `bs` are this node's backends only.
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        &mut self,
+        f: &Fam,
+        pr: &str,
+        port: u16,
+        be: &str,
+        bs: &[&Backend],
+        mode: Mode,
+        local: bool,
+    ) -> String {
+        for b in bs {
+            self.t.element(
+                &format!("hairpin{}", f.v),
+                format!("{} . {}", b.ip, b.ip),
+                "",
+            );
+        }
+        match self.s.affinity_timeout {
+            Some(secs) => affinity(&mut self.t, f, self.s, pr, port, bs, mode, local, secs),
+            None => {
+                self.max_count = self.max_count.max(bs.len());
+                for (i, b) in bs.iter().enumerate() {
+                    self.t.element(
+                        &format!("{}{}{pr}", mode.map(), f.v),
+                        format!("{be} . {i}"),
+                        format!("{} . {}", b.ip, b.port),
+                    );
+                }
+                format!("goto {}{}-{}", mode.chain(), f.v, bs.len())
+            }
+        }
     }
 }
 
@@ -337,35 +452,54 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
     let m = MASQ_MARK;
     for f in [&V4, &V6] {
         let (v, ip, addr) = (f.v, f.ip, f.addr);
-        t.set(
-            &format!("svc{v}"),
-            &format!("type {addr} . inet_proto . inet_service : verdict;"),
-        );
-        t.set(
-            &format!("np{v}"),
-            "type inet_proto . inet_service : verdict;",
-        );
+        // Frontends: Service addresses and node ports. The `c` maps hold
+        // the Local-policy frontends again, with every backend: where
+        // pods and the node go (`short-*`).
+        for map in ["svc", "svcc"] {
+            t.set(
+                &format!("{map}{v}"),
+                &format!("type {addr} . inet_proto . inet_service : verdict;"),
+            );
+        }
+        for map in ["np", "npc"] {
+            t.set(
+                &format!("{map}{v}"),
+                "type inet_proto . inet_service : verdict;",
+            );
+        }
         // Backends, one map per protocol: `typeof` because numgen's
         // integer has no named type; a typeof naming `tcp dport` ties the
         // map's DNAT to TCP (and nft 1.0.6 cannot read back `th dport`), so
-        // each protocol gets its own map.
+        // each protocol gets its own map. `bel`/`npbel`: this node's
+        // backends of Local-policy frontends.
         for p in PROTOS {
+            for map in ["be", "bel"] {
+                t.set(
+                    &format!("{map}{v}{p}"),
+                    &format!(
+                        "typeof {ip} daddr . {p} dport . numgen random mod 1 : {ip} daddr . {p} dport;"
+                    ),
+                );
+            }
+            for map in ["npbe", "npbel"] {
+                t.set(
+                    &format!("{map}{v}{p}"),
+                    &format!("typeof {p} dport . numgen random mod 1 : {ip} daddr . {p} dport;"),
+                );
+            }
+        }
+        // No usable backend anywhere (REJECT), or a Local policy with
+        // none on this node (DROP, as kube-proxy: the load balancer's
+        // health check should have taken the node out).
+        for set in ["noep", "nolocal"] {
             t.set(
-                &format!("be{v}{p}"),
-                &format!(
-                    "typeof {ip} daddr . {p} dport . numgen random mod 1 : {ip} daddr . {p} dport;"
-                ),
-            );
-            t.set(
-                &format!("npbe{v}{p}"),
-                &format!("typeof {p} dport . numgen random mod 1 : {ip} daddr . {p} dport;"),
+                &format!("{set}{v}"),
+                &format!("type {addr} . inet_proto . inet_service;"),
             );
         }
-        t.set(
-            &format!("noep{v}"),
-            &format!("type {addr} . inet_proto . inet_service;"),
-        );
-        t.set(&format!("npnoep{v}"), "type inet_proto . inet_service;");
+        for set in ["npnoep", "npnolocal"] {
+            t.set(&format!("{set}{v}"), "type inet_proto . inet_service;");
+        }
         t.set(&format!("cips{v}"), &format!("type {addr};"));
         t.set(&format!("hairpin{v}"), &format!("type {addr} . {addr};"));
         t.set(
@@ -391,9 +525,34 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
             &format!("mark-lb{v}"),
             format!("{ip} saddr != @cluster{v} meta mark set meta mark | {m:#x}"),
         );
+        // Local policy: pods and the node itself are not external
+        // clients. Like kube-proxy, they go to every backend; pods keep
+        // their address, the node is masqueraded. Anyone else returns.
+        let sc = format!("short-lb{v}");
+        t.chain(&sc, "");
+        t.rule(
+            &sc,
+            format!("{ip} saddr @cluster{v} {ip} daddr . meta l4proto . th dport vmap @svcc{v}"),
+        );
+        t.rule(&sc, "fib saddr type local jump mark-all");
+        t.rule(
+            &sc,
+            format!("fib saddr type local {ip} daddr . meta l4proto . th dport vmap @svcc{v}"),
+        );
+        let sc = format!("short-np{v}");
+        t.chain(&sc, "");
+        t.rule(
+            &sc,
+            format!("{ip} saddr @cluster{v} meta l4proto . th dport vmap @npc{v}"),
+        );
+        t.rule(&sc, "fib saddr type local jump mark-all");
+        t.rule(
+            &sc,
+            format!("fib saddr type local meta l4proto . th dport vmap @npc{v}"),
+        );
     }
-    t.chain("mark-np", "");
-    t.rule("mark-np", format!("meta mark set meta mark | {m:#x}"));
+    t.chain("mark-all", "");
+    t.rule("mark-all", format!("meta mark set meta mark | {m:#x}"));
     for (chain, hook, prio) in [
         ("nat-pre", "nat hook prerouting", -100),
         ("nat-out", "nat hook output", -100),
@@ -401,8 +560,10 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
         ("reject-fwd", "filter hook forward", -10),
         ("reject-out", "filter hook output", -10),
         ("reject-in", "filter hook input", -10),
-        // Before DNAT rewrites the LB address away.
+        // Before DNAT rewrites the LB address away; the node's own
+        // traffic too (its address must be in a range, as in kube-proxy).
         ("src-pre", "filter hook prerouting", -110),
+        ("src-out", "filter hook output", -110),
     ] {
         t.chain(
             chain,
@@ -412,8 +573,20 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
     t.chain("svc-reject", "");
     t.rule("svc-reject", "meta l4proto tcp reject with tcp reset");
     t.rule("svc-reject", "reject with icmpx port-unreachable");
+    // Masquerade marked connections, clearing the bit so that it does not
+    // follow the packet (into a tunnel, say), with fully random ports, as
+    // kube-proxy does.
+    t.rule(
+        "nat-post",
+        format!(
+            "meta mark & {m:#x} == {m:#x} meta mark set meta mark & {:#x} masquerade fully-random",
+            !m
+        ),
+    );
     for f in [&V4, &V6] {
-        let (v, ip, nfp) = (f.v, f.ip, f.nfproto);
+        let (v, ip) = (f.v, f.ip);
+        // NodePorts are not served on loopback (as kube-proxy).
+        let not_lo = format!("{ip} daddr != {}", f.lo);
         for c in ["nat-pre", "nat-out"] {
             t.rule(
                 c,
@@ -421,26 +594,30 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
             );
             t.rule(
                 c,
-                format!(
-                    "meta nfproto {nfp} fib daddr type local meta l4proto . th dport vmap @np{v}"
-                ),
+                format!("{not_lo} fib daddr type local meta l4proto . th dport vmap @np{v}"),
             );
         }
         // Hairpin: a pod reaching itself through a Service.
         t.rule(
             "nat-post",
-            format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{v} masquerade"),
+            format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{v} masquerade fully-random"),
         );
-        t.rule(
-            "src-pre",
-            format!("{ip} daddr . meta l4proto . th dport @lbsr{v} {ip} daddr . meta l4proto . th dport . {ip} saddr != @lbsrok{v} drop"),
-        );
+        for c in ["src-pre", "src-out"] {
+            t.rule(
+                c,
+                format!("{ip} daddr . meta l4proto . th dport @lbsr{v} {ip} daddr . meta l4proto . th dport . {ip} saddr != @lbsrok{v} drop"),
+            );
+        }
         for c in ["reject-fwd", "reject-out", "reject-in"] {
             t.rule(
                 c,
                 format!(
                     "ct state new {ip} daddr . meta l4proto . th dport @noep{v} goto svc-reject"
                 ),
+            );
+            t.rule(
+                c,
+                format!("ct state new {ip} daddr . meta l4proto . th dport @nolocal{v} drop"),
             );
             // Whatever still carries a ClusterIP here found no frontend:
             // an unknown port on a live Service.
@@ -451,39 +628,36 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
         }
         t.rule(
             "reject-in",
-            format!("ct state new meta nfproto {nfp} fib daddr type local meta l4proto . th dport @npnoep{v} goto svc-reject"),
+            format!("ct state new {not_lo} fib daddr type local meta l4proto . th dport @npnoep{v} goto svc-reject"),
+        );
+        t.rule(
+            "reject-in",
+            format!("ct state new {not_lo} fib daddr type local meta l4proto . th dport @npnolocal{v} drop"),
         );
     }
-    t.rule(
-        "nat-post",
-        format!("meta mark & {m:#x} == {m:#x} masquerade"),
-    );
 }
 
-/// The chains that pick one of N backends from the flat maps.
+/// The chains that pick one of N backends from the flat maps, one per
+/// mode.
 fn lb_chains(t: &mut Table, f: &Fam, n: usize) {
     let (v, ip) = (f.v, f.ip);
-    for (chain, mark, ports, map) in [
-        ("lb", Some(format!("jump mark-lb{v}")), true, "be"),
-        ("lbl", None, true, "be"),
-        ("np", Some("jump mark-np".to_string()), false, "npbe"),
-        ("npl", None, false, "npbe"),
-    ] {
-        let name = format!("{chain}{v}-{n}");
+    for mode in MODES {
+        let name = format!("{}{v}-{n}", mode.chain());
         t.chain(&name, "");
-        if let Some(m) = mark {
-            t.rule(&name, m);
+        if let Some(h) = mode.head(v) {
+            t.rule(&name, h);
         }
         for p in PROTOS {
-            let key = if ports {
-                format!("{ip} daddr . {p} dport")
-            } else {
+            let key = if mode.nodeport() {
                 format!("{p} dport")
+            } else {
+                format!("{ip} daddr . {p} dport")
             };
             t.rule(
                 &name,
                 format!(
-                    "meta l4proto {p} dnat {ip} to {key} . numgen random mod {n} map @{map}{v}{p}"
+                    "meta l4proto {p} dnat {ip} to {key} . numgen random mod {n} map @{}{v}{p}",
+                    mode.map()
                 ),
             );
         }
@@ -493,7 +667,9 @@ fn lb_chains(t: &mut Table, f: &Fam, n: usize) {
 /// A Service port with ClientIP affinity: one chain that sends a known
 /// client back to its backend, else picks one; per backend, a timed set of
 /// its clients and a chain that refreshes it and DNATs. Backends keep their
-/// sets while others come and go. Returns the frontend's verdict.
+/// sets while others come and go. `local` (this node's backends only)
+/// names a core of its own. A mode with a head gets an entry chain that
+/// runs it first. Returns the frontend's verdict.
 #[allow(clippy::too_many_arguments)]
 fn affinity(
     t: &mut Table,
@@ -537,15 +713,13 @@ fn affinity(
             ),
         );
     }
-    let mark = match mode {
-        Mode::Local => return format!("goto {core}"),
-        Mode::Lb => format!("jump mark-lb{v}"),
-        Mode::NodePort => "jump mark-np".to_string(),
+    let Some(head) = mode.head(v) else {
+        return format!("goto {core}");
     };
     let entry = format!("{core}/{}", mode.chain());
     if !t.chains.contains_key(&entry) {
         t.chain(&entry, "");
-        t.rule(&entry, mark);
+        t.rule(&entry, head);
         t.rule(&entry, format!("goto {core}"));
     }
     format!("goto {entry}")

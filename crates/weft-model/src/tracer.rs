@@ -7,8 +7,9 @@
 //! tests). Where that one recognises a list of rule shapes by regexp, this
 //! one parses every rule into a small expression language (exactly what
 //! `proxy.rs` emits: address, protocol and port selectors, concatenations,
-//! set and map lookups, verdict maps, `numgen`, marks, conntrack state,
-//! `fib daddr type local`, NAT statements and verdicts) and interprets it.
+//! set and map lookups, verdict maps, `numgen`, marks (`meta mark set meta
+//! mark | & ^ X`), conntrack state, `fib daddr|saddr type local`, NAT
+//! statements (`masquerade` with its flags) and verdicts) and interprets it.
 //! Anything outside that language is an error naming the rule, so the
 //! tracer can never pass a rule it does not understand; `check` parses a
 //! whole table up front.
@@ -305,6 +306,13 @@ enum VmapSrc {
     Anon(Vec<(String, Jv)>),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MarkOp {
+    Or,
+    And,
+    Xor,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stmt {
     CtStateNew,
@@ -316,7 +324,10 @@ enum Stmt {
         mask: u32,
         value: u32,
     },
+    /// `fib daddr type local`
     FibDaddrLocal,
+    /// `fib saddr type local`
+    FibSaddrLocal,
     /// `<sels> [!=] <literal>`
     Cmp {
         sels: Vec<Sel>,
@@ -334,8 +345,8 @@ enum Stmt {
         sels: Vec<Sel>,
         map: VmapSrc,
     },
-    /// `meta mark set meta mark | X`
-    MarkOr(u32),
+    /// `meta mark set meta mark <op> X`
+    MarkSet(MarkOp, u32),
     /// `update @set { <sels> }`
     Update {
         set: String,
@@ -574,8 +585,13 @@ fn parse_rule(rule: &str) -> Result<Vec<Stmt>, String> {
                         "set" => {
                             t.expect("meta")?;
                             t.expect("mark")?;
-                            t.expect("|")?;
-                            Stmt::MarkOr(number(t.next()?)?)
+                            let op = match t.next()? {
+                                "|" => MarkOp::Or,
+                                "&" => MarkOp::And,
+                                "^" => MarkOp::Xor,
+                                o => return Err(format!("unknown mark operation `{o}`")),
+                            };
+                            Stmt::MarkSet(op, number(t.next()?)?)
                         }
                         "&" => {
                             let mask = number(t.next()?)?;
@@ -596,10 +612,15 @@ fn parse_rule(rule: &str) -> Result<Vec<Stmt>, String> {
                 o => return Err(format!("unknown expression `meta {}`", o.unwrap_or(""))),
             },
             "fib" => {
-                for w in ["fib", "daddr", "type", "local"] {
-                    t.expect(w)?;
-                }
-                Stmt::FibDaddrLocal
+                t.next()?;
+                let s = match t.next()? {
+                    "daddr" => Stmt::FibDaddrLocal,
+                    "saddr" => Stmt::FibSaddrLocal,
+                    o => return Err(format!("unknown expression `fib {o}`")),
+                };
+                t.expect("type")?;
+                t.expect("local")?;
+                s
             }
             "ip" | "ip6" | "th" | "tcp" | "udp" | "sctp" | "numgen" => selector_expr(&mut t)?,
             "update" => {
@@ -633,6 +654,15 @@ fn parse_rule(rule: &str) -> Result<Vec<Stmt>, String> {
             }
             "masquerade" => {
                 t.next()?;
+                // Port selection flags change nothing the tracer models.
+                if let Some(flags) = t.peek().filter(|w| !w.starts_with(['@', '{'])) {
+                    if flags
+                        .split(',')
+                        .all(|f| matches!(f, "random" | "fully-random" | "persistent"))
+                    {
+                        t.next()?;
+                    }
+                }
                 Stmt::Masquerade
             }
             "accept" | "drop" | "return" | "jump" | "goto" | "reject" => {
@@ -1180,6 +1210,10 @@ impl Tracer<'_> {
                 let c = self.is_local(&st.dst);
                 go_on(st, c)
             }
+            Stmt::FibSaddrLocal => {
+                let c = self.is_local(&st.src);
+                go_on(st, c)
+            }
             Stmt::Cmp { sels, neg, lit } => {
                 let mut out = Vec::new();
                 for key in self.keys(&st, sels)? {
@@ -1223,8 +1257,12 @@ impl Tracer<'_> {
                 }
                 no_key(st, out)
             }
-            Stmt::MarkOr(x) => {
-                st.mark |= x;
+            Stmt::MarkSet(op, x) => {
+                match op {
+                    MarkOp::Or => st.mark |= x,
+                    MarkOp::And => st.mark &= x,
+                    MarkOp::Xor => st.mark ^= x,
+                }
                 go_on(st, true)
             }
             Stmt::Update { set, sels } => {
@@ -1614,6 +1652,47 @@ mod tests {
         });
         let msg = *r.unwrap_err().downcast::<String>().unwrap();
         assert!(msg.contains("ip dscp cs1 counter"), "{msg}");
+    }
+
+    #[test]
+    fn source_locality_mark_arithmetic_and_masquerade_flags() {
+        let mut t = table();
+        t.chains.get_mut("post").unwrap().rules = vec![
+            "meta mark & 0x4000 == 0x4000 meta mark set meta mark & 0xffffbfff masquerade fully-random"
+                .to_string(),
+        ];
+        // The node's own addresses are marked; others outside @cl get
+        // two bits, and `^` clears the masquerade one again.
+        t.chains.get_mut("mark").unwrap().rules = [
+            "fib saddr type local meta mark set meta mark | 0x4000",
+            "fib saddr type local return",
+            "ip saddr @cl return",
+            "meta mark set meta mark | 0xc000",
+            "meta mark set meta mark ^ 0x4000",
+        ]
+        .map(String::from)
+        .to_vec();
+        check(&t).unwrap();
+        let node = [ip("10.1.1.1")];
+        let from = |src: &str| {
+            trace(
+                &t,
+                &Packet::new(ip(src), ip("1.1.1.1"), Proto::Tcp, 80).node(&node),
+            )
+        };
+        // 10.1.1.1 is in @cl (no mark) but local: marked.
+        assert!(from("10.1.1.1").masquerade);
+        // 10.1.1.2: in @cl, not local: never marked.
+        assert!(!from("10.1.1.2").masquerade);
+        // 192.0.2.1: 0xc000, then 0x8000.
+        assert!(!from("192.0.2.1").masquerade);
+        for bad in [
+            "masquerade sometimes",
+            "meta mark set meta mark + 1",
+            "fib oif type local",
+        ] {
+            assert!(parse_rule(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

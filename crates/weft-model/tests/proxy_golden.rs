@@ -9,8 +9,8 @@
 //!   style of kube-proxy's packet-flow tests: `{src, dst, proto, port,
 //!   made on the node?} -> backends | DROP | REJECT, masquerade?`.
 //!
-//! Rows where weft's answer differs from what kube-proxy (nftables mode)
-//! does say so in a comment.
+//! The rows follow kube-proxy (nftables mode); a row where weft's answer
+//! differs from it says so in a comment.
 
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -175,6 +175,7 @@ const WEB_LOCAL: &str = "10.244.1.10:8080";
 const DS4: &str = "10.244.1.40:80, 10.244.2.40:80";
 const DS6: &str = "[fd00:244:1::40]:80, [fd00:244:2::40]:80";
 const STICKY_WEB2: &str = "aff4/default/sticky/tcp/80/c/10.244.2.10/8080/t60";
+const STICKY_LOCAL_WEB2: &str = "aff4/default/sticky-local/tcp/80/c/10.244.2.10/8080/t60";
 
 #[rustfmt::skip]
 const ROWS: &[Row] = &[
@@ -200,52 +201,50 @@ const ROWS: &[Row] = &[
     Row { name: "NodePort from a pod through the node IP", src: POD, dst: NODE1, port: 30080, out: WEB, masq: Y, ..ROW },
     Row { name: "NodePort on the pod gateway address", src: POD, dst: "10.244.1.1", port: 30080, out: WEB, masq: Y, ..ROW },
     Row { name: "NodePort of another node is not ours", src: EXT, dst: NODE2, port: 30080, out: "ACCEPT", ..ROW },
-    // kube-proxy (nftables) does not serve NodePorts on 127.0.0.1
-    // (`ip daddr != 127.0.0.0/8`); weft DNATs them, and the kernel then
-    // drops a packet from 127.0.0.1 to a pod (martian, route_localnet=0).
-    Row { name: "NodePort on localhost", src: "127.0.0.1", dst: "127.0.0.1", port: 30080, local: true, out: WEB, masq: Y, ..ROW },
+    // NodePorts are not served on loopback (`ip daddr != 127.0.0.0/8`,
+    // `ip6 daddr != ::1`, as kube-proxy).
+    Row { name: "NodePort on localhost", src: "127.0.0.1", dst: "127.0.0.1", port: 30080, local: true, out: "ACCEPT", ..ROW },
+    Row { name: "NodePort without endpoints on localhost", src: "127.0.0.1", dst: "127.0.0.1", port: 30099, local: true, out: "ACCEPT", ..ROW },
+    Row { name: "IPv6 NodePort on localhost", src: "::1", dst: "::1", port: 30090, local: true, out: "ACCEPT", ..ROW },
+    // externalIPs and LB IPs under the Cluster policy masquerade every
+    // client, pods included.
     Row { name: "externalIP from outside", src: EXT, dst: "172.30.0.100", port: 80, out: WEB, masq: Y, ..ROW },
-    // kube-proxy masquerades all externalIP / LB traffic under the
-    // Cluster policy, pods included; weft keeps a pod's address, as for
-    // a ClusterIP (still correct: replies come back through this node).
-    Row { name: "externalIP from a pod", src: POD, dst: "172.30.0.100", port: 80, out: WEB, ..ROW },
-    // externalTrafficPolicy Local.
+    Row { name: "externalIP from a pod", src: POD, dst: "172.30.0.100", port: 80, out: WEB, masq: Y, ..ROW },
+    Row { name: "externalIP from the node itself", src: NODE1, dst: "172.30.0.100", port: 80, local: true, out: WEB, masq: Y, ..ROW },
+    // externalTrafficPolicy Local: clients from elsewhere get this node's
+    // backends and keep their address; pods and the node itself are not
+    // subject to the policy and go to every backend ("short-circuit"),
+    // pods unmasqueraded, the node masqueraded.
     Row { name: "eTP Local NodePort from outside", src: EXT, dst: NODE1, port: 30081, out: WEB_LOCAL, ..ROW },
-    // kube-proxy: masquerade and all endpoints ("short-circuit local
-    // traffic"); weft: the local backend, node address kept.
-    Row { name: "eTP Local NodePort from the node itself", src: NODE1, dst: NODE1, port: 30081, local: true, out: WEB_LOCAL, ..ROW },
-    // No local backend. kube-proxy DROPs (the LB's health check should
-    // have taken the node out; a RST would look like a real answer);
-    // weft REJECTs.
-    Row { name: "eTP Local NodePort, no local backend, from outside", src: EXT, dst: NODE1, port: 30082, out: "REJECT", ..ROW },
-    // kube-proxy sends pod traffic to all endpoints ("short-circuit pod
-    // traffic"): 10.244.2.20:8080. weft REJECTs.
-    Row { name: "eTP Local NodePort, no local backend, from a pod", src: POD, dst: NODE1, port: 30082, out: "REJECT", ..ROW },
-    // kube-proxy: masquerade, all endpoints. weft REJECTs.
-    Row { name: "eTP Local NodePort, no local backend, from the node", src: NODE1, dst: NODE1, port: 30082, local: true, out: "REJECT", ..ROW },
+    Row { name: "eTP Local NodePort from a pod", src: POD, dst: NODE1, port: 30081, out: WEB, ..ROW },
+    Row { name: "eTP Local NodePort from the node itself", src: NODE1, dst: NODE1, port: 30081, local: true, out: WEB, masq: Y, ..ROW },
+    // No local backend: DROP (the LB's health check should have taken
+    // the node out; a RST would look like a real answer).
+    Row { name: "eTP Local NodePort, no local backend, from outside", src: EXT, dst: NODE1, port: 30082, out: "DROP", ..ROW },
+    Row { name: "eTP Local NodePort, no local backend, from a pod", src: POD, dst: NODE1, port: 30082, out: "10.244.2.20:8080", ..ROW },
+    Row { name: "eTP Local NodePort, no local backend, from the node", src: NODE1, dst: NODE1, port: 30082, local: true, out: "10.244.2.20:8080", masq: Y, ..ROW },
     Row { name: "eTP Local LB IP from outside", src: EXT, dst: "203.0.113.11", port: 80, out: WEB_LOCAL, ..ROW },
-    // kube-proxy: every backend (pod traffic is not subject to the
-    // external policy); weft: the local one.
-    Row { name: "eTP Local LB IP from a pod", src: POD, dst: "203.0.113.11", port: 80, out: WEB_LOCAL, ..ROW },
-    // kube-proxy DROPs; weft REJECTs.
-    Row { name: "eTP Local LB IP, no local backend, from outside", src: EXT, dst: "203.0.113.20", port: 80, out: "REJECT", ..ROW },
-    // kube-proxy: 10.244.2.20:8080 (short-circuit pod traffic). weft
-    // REJECTs a pod using the LB address of a Service that is up.
-    Row { name: "eTP Local LB IP, no local backend, from a pod", src: POD, dst: "203.0.113.20", port: 80, out: "REJECT", ..ROW },
+    Row { name: "eTP Local LB IP from a pod", src: POD, dst: "203.0.113.11", port: 80, out: WEB, ..ROW },
+    Row { name: "eTP Local LB IP from the node itself", src: NODE1, dst: "203.0.113.11", port: 80, local: true, out: WEB, masq: Y, ..ROW },
+    Row { name: "eTP Local LB IP, no local backend, from outside", src: EXT, dst: "203.0.113.20", port: 80, out: "DROP", ..ROW },
+    Row { name: "eTP Local LB IP, no local backend, from a pod", src: POD, dst: "203.0.113.20", port: 80, out: "10.244.2.20:8080", ..ROW },
+    Row { name: "eTP Local LB IP, no local backend, from the node", src: NODE1, dst: "203.0.113.20", port: 80, local: true, out: "10.244.2.20:8080", masq: Y, ..ROW },
     // The ClusterIP of an eTP Local Service uses every backend.
     Row { name: "eTP Local Service's ClusterIP", src: POD, dst: "10.96.0.14", port: 80, out: "10.244.2.20:8080", ..ROW },
     // internalTrafficPolicy Local.
     Row { name: "iTP Local ClusterIP", src: POD, dst: "10.96.0.15", port: 80, out: WEB_LOCAL, ..ROW },
     Row { name: "iTP Local ClusterIP from outside the pod network", src: EXT, dst: "10.96.0.15", port: 80, out: WEB_LOCAL, masq: Y, ..ROW },
-    // kube-proxy DROPs (the Service has endpoints, just none here).
-    Row { name: "iTP Local ClusterIP, no local backend", src: POD, dst: "10.96.0.19", port: 80, out: "REJECT", ..ROW },
+    // The Service has endpoints, just none here: DROP.
+    Row { name: "iTP Local ClusterIP, no local backend", src: POD, dst: "10.96.0.19", port: 80, out: "DROP", ..ROW },
+    Row { name: "iTP Local ClusterIP, no local backend, from the node", src: NODE1, dst: "10.96.0.19", port: 80, local: true, out: "DROP", ..ROW },
     // LoadBalancer with loadBalancerSourceRanges.
     Row { name: "LB IP from an allowed source", src: "198.51.100.7", dst: "203.0.113.10", port: 443, out: WEB, masq: Y, ..ROW },
     Row { name: "LB IP from a denied source", src: EXT, dst: "203.0.113.10", port: 443, out: "DROP", ..ROW },
     Row { name: "LB IP from a pod (not in the ranges)", src: POD, dst: "203.0.113.10", port: 443, out: "DROP", ..ROW },
-    // kube-proxy checks the ranges in filter-output too, so the node is
-    // dropped unless its IP is in a range; weft lets the node through.
-    Row { name: "LB IP from the node itself (not in the ranges)", src: NODE1, dst: "203.0.113.10", port: 443, local: true, out: WEB, masq: Y, ..ROW },
+    // The node is checked too (filter output): its address must be in a
+    // range.
+    Row { name: "LB IP from the node itself (not in the ranges)", src: NODE1, dst: "203.0.113.10", port: 443, local: true, out: "DROP", ..ROW },
+    Row { name: "LB IP from the node, its address in a range", src: "198.51.100.1", dst: "203.0.113.10", port: 443, local: true, out: WEB, masq: Y, ..ROW },
     Row { name: "LB IP, other port: not the Service's", src: "198.51.100.7", dst: "203.0.113.10", port: 80, out: "ACCEPT", ..ROW },
     Row { name: "the LB's NodePort ignores the source ranges", src: EXT, dst: NODE1, port: 30443, out: WEB, masq: Y, ..ROW },
     // Other protocols DNAT with their own maps.
@@ -257,6 +256,11 @@ const ROWS: &[Row] = &[
     Row { name: "ClientIP affinity, first packet", src: POD, dst: "10.96.0.22", port: 80, out: WEB, ..ROW },
     Row { name: "ClientIP affinity, known client", src: POD, dst: "10.96.0.22", port: 80, known: Some(STICKY_WEB2), out: "10.244.2.10:8080", ..ROW },
     Row { name: "ClientIP affinity, another client", src: POD2, dst: "10.96.0.22", port: 80, out: WEB, ..ROW },
+    Row { name: "ClientIP affinity, eTP Local LB IP from outside", src: EXT, dst: "203.0.113.12", port: 80, out: WEB_LOCAL, ..ROW },
+    Row { name: "ClientIP affinity, eTP Local LB IP from a pod", src: POD, dst: "203.0.113.12", port: 80, out: WEB, ..ROW },
+    Row { name: "ClientIP affinity, eTP Local LB IP, known pod", src: POD, dst: "203.0.113.12", port: 80, known: Some(STICKY_LOCAL_WEB2), out: "10.244.2.10:8080", ..ROW },
+    Row { name: "ClientIP affinity, eTP Local NodePort from outside", src: EXT, dst: NODE1, port: 30083, out: WEB_LOCAL, ..ROW },
+    Row { name: "ClientIP affinity, eTP Local NodePort from the node", src: NODE1, dst: NODE1, port: 30083, local: true, out: WEB, masq: Y, ..ROW },
     // Dual stack.
     Row { name: "dual-stack ClusterIP, IPv4", src: POD, dst: "10.96.0.23", port: 80, out: DS4, ..ROW },
     Row { name: "dual-stack ClusterIP, IPv6", src: POD6, dst: "fd00:96::23", port: 80, out: DS6, ..ROW },
