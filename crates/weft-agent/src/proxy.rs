@@ -119,8 +119,8 @@ impl ServiceProxy {
         let mut table = skeleton.clone();
         let mut refs: HashMap<(String, String), (String, u32)> = HashMap::new();
         for f in frags.values() {
-            table.merge(&f.table);
-            count(&mut refs, &f.table, 1);
+            f.merge_into(&mut table);
+            count(&mut refs, f, 1);
         }
         let script = table.full_script();
         apply(&script)?;
@@ -174,12 +174,12 @@ impl ServiceProxy {
         let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
         for (k, f) in &next {
             if let Some(old) = ap.frags.get(k) {
-                add_decls(&mut before, &old.table);
-                touched.extend(keys(&old.table));
+                add_decls(&mut before, old);
+                touched.extend(keys(old));
             }
             if let Some(f) = f {
-                add_decls(&mut after, &f.table);
-                touched.extend(keys(&f.table));
+                add_decls(&mut after, f);
+                touched.extend(keys(f));
             }
         }
         let value_of = |refs: &HashMap<(String, String), (String, u32)>, t: &(String, String)| {
@@ -191,10 +191,10 @@ impl ServiceProxy {
         for (k, f) in &next {
             let old = ap.frags.remove(k);
             if let Some(old) = &old {
-                count(&mut ap.refs, &old.table, -1);
+                count(&mut ap.refs, old, -1);
             }
             if let Some(f) = f {
-                count(&mut ap.refs, &f.table, 1);
+                count(&mut ap.refs, f, 1);
             }
             let empty = BTreeMap::new();
             udp_changes.extend(stale_udp(
@@ -260,7 +260,7 @@ fn flush(filters: Vec<UdpFilter>) -> usize {
 }
 
 /// A fragment's sets and chains (its elements are counted separately).
-fn add_decls(t: &mut Table, f: &Table) {
+fn add_decls(t: &mut Table, f: &Fragment) {
     for (n, d) in &f.sets {
         t.sets.insert(n.clone(), d.clone());
         t.elements.entry(n.clone()).or_default();
@@ -270,23 +270,19 @@ fn add_decls(t: &mut Table, f: &Table) {
     }
 }
 
-fn keys(t: &Table) -> impl Iterator<Item = (String, String)> + '_ {
-    t.elements
-        .iter()
-        .flat_map(|(s, els)| els.keys().map(move |k| (s.clone(), k.clone())))
+fn keys(f: &Fragment) -> impl Iterator<Item = (String, String)> + '_ {
+    f.elements.iter().map(|(s, k, _)| (s.clone(), k.clone()))
 }
 
-fn count(refs: &mut HashMap<(String, String), (String, u32)>, t: &Table, by: i32) {
-    for (s, els) in &t.elements {
-        for (k, v) in els {
-            let key = (s.clone(), k.clone());
-            if by > 0 {
-                refs.entry(key).or_insert_with(|| (v.clone(), 0)).1 += 1;
-            } else if let Some(e) = refs.get_mut(&key) {
-                e.1 -= 1;
-                if e.1 == 0 {
-                    refs.remove(&key);
-                }
+fn count(refs: &mut HashMap<(String, String), (String, u32)>, f: &Fragment, by: i32) {
+    for (s, k, v) in &f.elements {
+        let key = (s.clone(), k.clone());
+        if by > 0 {
+            refs.entry(key).or_insert_with(|| (v.clone(), 0)).1 += 1;
+        } else if let Some(e) = refs.get_mut(&key) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                refs.remove(&key);
             }
         }
     }

@@ -34,7 +34,7 @@
 //! The filter hooks leave room for NetworkPolicy after DNAT: a policy
 //! chain at forward priority 0 sees backend addresses.
 
-use crate::nftdoc::Table;
+use crate::nftdoc::{Chain, Table};
 use crate::services::{usable, usable_on, Backend, Kind, Proto, ServiceView};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -200,7 +200,7 @@ pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Com
     }
     t.merge(&skeleton_table(cluster_cidrs, max_count));
     for f in frags {
-        t.merge(&f.table);
+        f.merge_into(&mut t);
         udp.extend(f.udp);
     }
     Compiled { table: t, udp }
@@ -210,12 +210,37 @@ pub fn compile(svcs: &[ServiceView], node: &str, cluster_cidrs: &[IpNet]) -> Com
 /// sets and chains. Fragments add up (`Table::merge`) to the Service part
 /// of the table, which lets the agent recompile only the Services that
 /// changed.
+///
+/// Flat rather than a `Table`: the agent keeps one per Service, and at 10k
+/// Services a map per set per Service costs tens of megabytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fragment {
-    pub table: Table,
+    /// Affinity sets: name → declaration.
+    pub sets: BTreeMap<String, String>,
+    /// Affinity chains.
+    pub chains: BTreeMap<String, Chain>,
+    /// (set, key, value) for every element this Service puts in the
+    /// shared maps and sets.
+    pub elements: Vec<(String, String, String)>,
     pub udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
     /// The largest backend count it needs an `lb*-N` chain for.
     pub max_count: usize,
+}
+
+impl Fragment {
+    /// Adds this Service's part to `t`.
+    pub fn merge_into(&self, t: &mut Table) {
+        for (n, d) in &self.sets {
+            t.sets.insert(n.clone(), d.clone());
+            t.elements.entry(n.clone()).or_default();
+        }
+        for (n, c) in &self.chains {
+            t.chains.insert(n.clone(), c.clone());
+        }
+        for (set, k, v) in &self.elements {
+            t.element(set, k.clone(), v.clone());
+        }
+    }
 }
 
 /// The fixed part: sets, maps, hooked chains, and the `lb*-N` chains for
@@ -379,8 +404,17 @@ pub fn compile_service(s: &ServiceView, node: &str) -> Fragment {
             c.t.element(&format!("np{}", f.v), key, v);
         }
     }
+    let mut elements = Vec::new();
+    for (set, els) in c.t.elements {
+        for (k, v) in els {
+            elements.push((set.clone(), k, v));
+        }
+    }
+    elements.shrink_to_fit();
     Fragment {
-        table: c.t,
+        sets: c.t.sets,
+        chains: c.t.chains,
+        elements,
         udp: c.udp,
         max_count: c.max_count,
     }
