@@ -5,11 +5,14 @@
 //!
 //! Layout: `subject` (what is measured), `stats` and `report` (pure),
 //! `lab` (namespaces and temp files, cleaned up on drop), `driver` (timed
-//! calls from inside the node namespace).
+//! calls from inside the node namespace). `services` is the separate
+//! `weft-bench-services` (weft's Service proxy against kube-proxy's
+//! iptables rules).
 
 pub mod driver;
 pub mod lab;
 pub mod report;
+pub mod services;
 pub mod stats;
 pub mod subject;
 
