@@ -40,8 +40,10 @@ pub struct SyncStats {
 struct Applied {
     state: Arc<ClusterState>,
     frags: HashMap<ObjectKey, Fragment>,
-    /// (set, key) → (value, how many fragments hold it).
-    refs: HashMap<(String, String), (String, u32)>,
+    /// hash of (set, key) → (value, how many fragments hold it). Hashed
+    /// keys, because at 10k Services the strings themselves cost megabytes
+    /// (a 64-bit collision among ~10^5 elements is ~10^-9 likely).
+    refs: Refs,
     skeleton: Table,
     max_count: usize,
 }
@@ -117,7 +119,7 @@ impl ServiceProxy {
         }
         let skeleton = proxy::skeleton_table(&self.cluster_cidrs, max_count);
         let mut table = skeleton.clone();
-        let mut refs: HashMap<(String, String), (String, u32)> = HashMap::new();
+        let mut refs = Refs::new();
         for f in frags.values() {
             f.merge_into(&mut table);
             count(&mut refs, f, 1);
@@ -182,8 +184,8 @@ impl ServiceProxy {
                 touched.extend(keys(f));
             }
         }
-        let value_of = |refs: &HashMap<(String, String), (String, u32)>, t: &(String, String)| {
-            refs.get(t).map(|(v, _)| v.clone())
+        let value_of = |refs: &Refs, t: &(String, String)| {
+            refs.get(&ref_key(&t.0, &t.1)).map(|(v, _)| v.clone())
         };
         let old_values: Vec<Option<String>> =
             touched.iter().map(|t| value_of(&ap.refs, t)).collect();
@@ -274,9 +276,18 @@ fn keys(f: &Fragment) -> impl Iterator<Item = (String, String)> + '_ {
     f.elements.iter().map(|(s, k, _)| (s.clone(), k.clone()))
 }
 
-fn count(refs: &mut HashMap<(String, String), (String, u32)>, f: &Fragment, by: i32) {
+type Refs = HashMap<u64, (String, u32)>;
+
+fn ref_key(set: &str, key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (set, key).hash(&mut h);
+    h.finish()
+}
+
+fn count(refs: &mut Refs, f: &Fragment, by: i32) {
     for (s, k, v) in &f.elements {
-        let key = (s.clone(), k.clone());
+        let key = ref_key(s, k);
         if by > 0 {
             refs.entry(key).or_insert_with(|| (v.clone(), 0)).1 += 1;
         } else if let Some(e) = refs.get_mut(&key) {
