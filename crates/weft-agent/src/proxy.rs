@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use weft_kernel::conntrack::{self, UdpFilter};
+use weft_kernel::nft::NftSession;
 use weft_model::nftdoc::Table;
 use weft_model::proxy::{self, Fragment, UdpFront};
 use weft_model::{ClusterState, Object, ObjectKey};
@@ -52,6 +53,10 @@ pub struct ServiceProxy {
     node: String,
     cluster_cidrs: Vec<IpNet>,
     applied: Option<Applied>,
+    /// A long-lived `nft -i` for the small transactions of changes: a
+    /// fresh `nft -f` per change would wait for an RCU grace period when it
+    /// closes its socket after any deletion (BENCHMARKS.md).
+    session: Option<NftSession>,
 }
 
 impl ServiceProxy {
@@ -62,6 +67,7 @@ impl ServiceProxy {
             node: node.to_string(),
             cluster_cidrs,
             applied: None,
+            session: None,
         }
     }
 
@@ -223,7 +229,7 @@ impl ServiceProxy {
             }
             stats.sent = true;
             stats.lines = script.lines().count();
-            apply(&script)?;
+            self.apply_small(&script)?;
         }
         for (k, f) in next {
             if let Some(f) = f {
@@ -243,6 +249,25 @@ impl ServiceProxy {
         self.applied = Some(ap);
         stats.conntrack_flushes = flush(udp_changes);
         Ok(stats)
+    }
+}
+
+impl ServiceProxy {
+    fn apply_small(&mut self, script: &str) -> Result<(), AgentError> {
+        if script.len() > weft_kernel::nft::SESSION_MAX_SCRIPT {
+            return apply(script);
+        }
+        if self.session.is_none() {
+            self.session = NftSession::start().ok();
+        }
+        let Some(s) = self.session.as_mut() else {
+            return apply(script);
+        };
+        s.apply(script).map_err(|e| {
+            // A session in an unknown state is not reused.
+            self.session = None;
+            AgentError::Kernel(format!("Service rules: {e}"))
+        })
     }
 }
 

@@ -306,3 +306,29 @@ fn incremental_syncs_equal_a_full_one() {
         assert_eq!(normalized(&inc), normalized(&full), "step {i}");
     }
 }
+
+/// The long-lived nft session reports a failed transaction as an error
+/// (and applies nothing of it), then carries on.
+#[test]
+fn nft_session_reports_errors_and_stays_usable() {
+    let ns = Netns::new("px-sess");
+    ns.ok(
+        "nft add table inet t; nft add chain inet t c; nft add set inet t s '{ type ipv4_addr; }'",
+    );
+    let nn = NetNs::open(&ns.path()).unwrap();
+    nn.run(|| {
+        let mut s = weft_kernel::nft::NftSession::start()?;
+        let bad =
+            s.apply("add element inet t s { 10.0.0.1 }\nadd element inet t nosuchset { 10.0.0.2 }");
+        assert!(bad.is_err(), "{bad:?}");
+        s.apply("add element inet t s { 10.0.0.3 }")?;
+        Ok(())
+    })
+    .unwrap();
+    let listed = ns.ok("nft list set inet t s");
+    assert!(listed.contains("10.0.0.3"), "{listed}");
+    assert!(
+        !listed.contains("10.0.0.1"),
+        "half a failed transaction applied: {listed}"
+    );
+}

@@ -72,3 +72,132 @@ pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
         .lines()
         .any(|l| l.trim() == want))
 }
+
+/// A long-lived `nft -i` in the namespace it was started in.
+///
+/// Each `nft -f` run closes its netlink socket on exit, and after a
+/// transaction that deleted anything the close waits for an RCU grace
+/// period (~11-14 ms on the machines weft is benchmarked on; add-only
+/// transactions don't pay it). A session keeps one socket open, so a small
+/// change costs well under a millisecond. One input line is one
+/// transaction in interactive mode, so a script is sent as one line; a
+/// following `list` command whose output is known marks the end, and
+/// anything on stderr by then is that transaction's error.
+pub struct NftSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Non-blocking: whatever nft wrote before the probe's output is in
+    /// the pipe by the time that output is read.
+    err: std::process::ChildStderr,
+}
+
+/// Scripts longer than this go through `nft -f` instead: nft's scanner
+/// rejects very long lines.
+pub const SESSION_MAX_SCRIPT: usize = 64 * 1024;
+
+impl NftSession {
+    pub fn start() -> Result<NftSession, KernelError> {
+        let mut child = Command::new(binary())
+            .arg("-i")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| KernelError::io("exec nft -i", e))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| KernelError::Other("nft -i: no stdin".into()))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| KernelError::Other("nft -i: no stdout".into()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| KernelError::Other("nft -i: no stderr".into()))?;
+        let (tx, out) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 16384];
+            while let Ok(n) = stdout.read(&mut b) {
+                if n == 0 || tx.send(b[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let fl = nix::fcntl::fcntl(&stderr, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| KernelError::io("nft -i stderr", std::io::Error::from(e)))?;
+        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&stderr, nix::fcntl::FcntlArg::F_SETFL(fl))
+            .map_err(|e| KernelError::io("nft -i stderr", std::io::Error::from(e)))?;
+        let err = stderr;
+        Ok(NftSession {
+            child,
+            stdin,
+            out,
+            err,
+        })
+    }
+
+    /// Runs `script` as one transaction. The probe that follows lists an
+    /// empty table of its own (`inet weft-session`, no chains, no hooks):
+    /// listing anything in a big table would make nft load that table's
+    /// elements first, which at 10k Services costs ~300 ms.
+    pub fn apply(&mut self, script: &str) -> Result<(), KernelError> {
+        let probe = "add table inet weft-session; list table inet weft-session";
+        let line: Vec<&str> = script
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        self.drain_err();
+        while self.out.try_recv().is_ok() {}
+        let msg = format!("{}\n{probe}\n", line.join("; "));
+        self.stdin
+            .write_all(msg.as_bytes())
+            .map_err(|e| KernelError::io("write to nft -i", e))?;
+        let mut buf: Vec<u8> = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(chunk) => buf.extend_from_slice(&chunk),
+                Err(_) => return Err(KernelError::Nft("nft -i did not answer".into())),
+            }
+            let text = String::from_utf8_lossy(&buf);
+            if text.contains("table inet weft-session {") && text.trim_end().ends_with('}') {
+                break;
+            }
+        }
+        let err = self.drain_err();
+        if err.is_empty() {
+            Ok(())
+        } else {
+            Err(KernelError::Nft(err))
+        }
+    }
+}
+
+impl NftSession {
+    fn drain_err(&mut self) -> String {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut b = [0u8; 4096];
+        while let Ok(n) = self.err.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&all).trim().to_string()
+    }
+}
+
+impl Drop for NftSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
