@@ -182,11 +182,11 @@ impl ServiceProxy {
         let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
         for (k, f) in &next {
             if let Some(old) = ap.frags.get(k) {
-                add_decls(&mut before, old);
+                old.merge_decls_into(&mut before);
                 touched.extend(keys(old));
             }
             if let Some(f) = f {
-                add_decls(&mut after, f);
+                f.merge_decls_into(&mut after);
                 touched.extend(keys(f));
             }
         }
@@ -284,17 +284,6 @@ fn flush(filters: Vec<UdpFilter>) -> usize {
         }
     }
     n
-}
-
-/// A fragment's sets and chains (its elements are counted separately).
-fn add_decls(t: &mut Table, f: &Fragment) {
-    for (n, d) in &f.sets {
-        t.sets.insert(n.clone(), d.clone());
-        t.elements.entry(n.clone()).or_default();
-    }
-    for (n, c) in &f.chains {
-        t.chains.insert(n.clone(), c.clone());
-    }
 }
 
 fn keys(f: &Fragment) -> impl Iterator<Item = (String, String)> + '_ {

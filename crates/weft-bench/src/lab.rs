@@ -39,7 +39,7 @@ impl Drop for Netns {
     }
 }
 
-fn remove_netns(name: &str) {
+pub(crate) fn remove_netns(name: &str) {
     if let Ok(o) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
             let _ = Command::new("kill").args(["-9", pid]).status();
@@ -125,38 +125,38 @@ impl Drop for Lab {
     }
 }
 
-/// Whether `pid` is a live weft-bench process.
-fn bench_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "weft-bench")
-        .unwrap_or(false)
-}
-
-/// The pid in a `wb-<pid>-...` or `weft-bench-<pid>` name.
-fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+/// The pid in a `<prefix><pid>-...` name (`wb-<pid>-...`, `weft-bench-<pid>`).
+pub(crate) fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
     name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
 }
 
 /// Removes namespaces and temp dirs of runs that are no longer alive.
 fn sweep_stale(tmp: &Path) {
+    sweep_dead_runs(tmp, PREFIX, "weft-bench-", "weft-bench");
+}
+
+/// Removes the namespaces named `<netns_prefix><pid>-…` and the temp dirs
+/// `<dir_prefix><pid>` whose process `pid` is no longer a live `comm`.
+pub(crate) fn sweep_dead_runs(tmp: &Path, netns_prefix: &str, dir_prefix: &str, comm: &str) {
+    let dead = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim() != comm)
+            .unwrap_or(true)
+    };
     if let Ok(rd) = std::fs::read_dir(NETNS_DIR) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name, PREFIX) {
-                if !bench_alive(pid) {
-                    tracing::warn!(netns = %name, "removing namespace left by a dead run");
-                    remove_netns(&name);
-                }
+            if owner_pid(&name, netns_prefix).is_some_and(dead) {
+                tracing::warn!(netns = %name, "removing namespace left by a dead run");
+                remove_netns(&name);
             }
         }
     }
     if let Ok(rd) = std::fs::read_dir(tmp) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name, "weft-bench-") {
-                if !bench_alive(pid) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+            if owner_pid(&name, dir_prefix).is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }

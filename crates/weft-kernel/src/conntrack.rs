@@ -11,15 +11,7 @@ use std::process::{Command, Stdio};
 
 /// The `conntrack` binary: `$WEFT_CONNTRACK`, else the sbin paths, else `$PATH`.
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEFT_CONNTRACK") {
-        return PathBuf::from(p);
-    }
-    for p in ["/usr/sbin/conntrack", "/sbin/conntrack"] {
-        if std::path::Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    PathBuf::from("conntrack")
+    crate::nft::sbin_tool("WEFT_CONNTRACK", "conntrack")
 }
 
 /// Which UDP entries to delete: those whose original destination is

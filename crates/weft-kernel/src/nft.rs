@@ -11,15 +11,21 @@ use std::process::{Command, Stdio};
 /// The `nft` binary: `$WEFT_NFT`, else the usual sbin paths, else `$PATH`.
 /// Runtimes often exec plugins with a minimal PATH, hence the fixed paths.
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEFT_NFT") {
+    sbin_tool("WEFT_NFT", "nft")
+}
+
+/// A tool from `$<env>`, else /usr/sbin, /sbin or /usr/bin, else `$PATH`.
+pub(crate) fn sbin_tool(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    for p in ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"] {
-        if std::path::Path::new(p).exists() {
-            return PathBuf::from(p);
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return p;
         }
     }
-    PathBuf::from("nft")
+    PathBuf::from(name)
 }
 
 pub fn apply(script: &str) -> Result<(), KernelError> {

@@ -228,8 +228,9 @@ pub struct Fragment {
 }
 
 impl Fragment {
-    /// Adds this Service's part to `t`.
-    pub fn merge_into(&self, t: &mut Table) {
+    /// Adds only this Service's own sets and chains to `t` (the applier
+    /// counts elements separately, since Services share some).
+    pub fn merge_decls_into(&self, t: &mut Table) {
         for (n, d) in &self.sets {
             t.sets.insert(n.clone(), d.clone());
             t.elements.entry(n.clone()).or_default();
@@ -237,6 +238,11 @@ impl Fragment {
         for (n, c) in &self.chains {
             t.chains.insert(n.clone(), c.clone());
         }
+    }
+
+    /// Adds this Service's part to `t`.
+    pub fn merge_into(&self, t: &mut Table) {
+        self.merge_decls_into(t);
         for (set, k, v) in &self.elements {
             t.element(set, k.clone(), v.clone());
         }

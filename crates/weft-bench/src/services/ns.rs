@@ -129,20 +129,8 @@ fn check(o: &Output, what: &str) -> Result<String> {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        remove_netns(&self.name);
+        crate::lab::remove_netns(&self.name);
     }
-}
-
-fn remove_netns(name: &str) {
-    if let Ok(o) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// Runs `ip` in the host namespace (only ever to make, plumb or delete the
@@ -183,7 +171,7 @@ impl Run {
         let handle = match NetNs::open(&path) {
             Ok(h) => h,
             Err(e) => {
-                remove_netns(&name);
+                crate::lab::remove_netns(&name);
                 bail!("open {name}: {e}");
             }
         };
@@ -209,52 +197,21 @@ impl Drop for Run {
         if let Ok(rd) = std::fs::read_dir(NETNS_DIR) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if owner_pid(&name, PREFIX) == Some(self.pid) {
-                    remove_netns(&name);
+                if crate::lab::owner_pid(&name, PREFIX) == Some(self.pid) {
+                    crate::lab::remove_netns(&name);
                 }
             }
         }
     }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == COMM)
-        .unwrap_or(false)
-}
-
-/// The pid in a `wbs-<pid>-...` or `weft-bench-services-<pid>` name.
-fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
-    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
 }
 
 fn sweep_stale(tmp: &Path) {
-    if let Ok(rd) = std::fs::read_dir(NETNS_DIR) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name, PREFIX) {
-                if !alive(pid) {
-                    tracing::warn!(netns = %name, "removing namespace left by a dead run");
-                    remove_netns(&name);
-                }
-            }
-        }
-    }
-    if let Ok(rd) = std::fs::read_dir(tmp) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name, DIR_PREFIX) {
-                if !alive(pid) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-    }
+    crate::lab::sweep_dead_runs(tmp, PREFIX, DIR_PREFIX, COMM);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::owner_pid;
+    use crate::lab::owner_pid;
 
     #[test]
     fn owner_pid_reads_our_names_only() {
