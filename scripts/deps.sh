@@ -9,7 +9,8 @@ PACKAGES=(
   containerd runc busybox-static             # a real runtime for the ctr test; busybox for pods
   iputils-ping socat dnsutils iperf3         # traffic in tests
   util-linux procps psmisc                   # setsid, unshare, nsenter, pkill
-  hyperfine                                  # benchmarks
+  dnsmasq-base                               # the lab's stub upstream DNS server
+  hyperfine dnsperf unbound                  # benchmarks (unbound: the DNS peer)
 )
 
 missing=()
@@ -19,7 +20,15 @@ done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   apt-get update -qq
+  # Packages with a service (unbound) must not start it on the host: the
+  # benchmarks run their own instance inside a namespace.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # containerd's Debian service may start on install; weft's tests run their

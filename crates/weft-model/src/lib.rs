@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod cluster;
+pub mod dns;
 pub mod egress;
 pub mod health;
 pub mod manifest;

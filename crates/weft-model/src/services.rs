@@ -119,13 +119,13 @@ fn ips(v: Option<&Vec<String>>) -> Vec<IpAddr> {
 /// EndpointSlices by (namespace, Service name) and Pods by namespace,
 /// gathered once, so that building every Service's view is linear in the
 /// cluster rather than Services × objects.
-struct Index<'a> {
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-    pods: HashMap<&'a str, Vec<&'a Pod>>,
+pub(crate) struct Index<'a> {
+    pub(crate) slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    pub(crate) pods: HashMap<&'a str, Vec<&'a Pod>>,
 }
 
 impl<'a> Index<'a> {
-    fn new(state: &'a ClusterState) -> Index<'a> {
+    pub(crate) fn new(state: &'a ClusterState) -> Index<'a> {
         let mut ix = Index {
             slices: HashMap::new(),
             pods: HashMap::new(),
@@ -256,11 +256,7 @@ fn view(ix: &Index, svc: &Service) -> Option<ServiceView> {
             .get(namespace.as_str())
             .into_iter()
             .flatten()
-            .filter(|p| {
-                let labels = p.metadata.labels.as_ref();
-                sel.iter()
-                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            })
+            .filter(|p| selects(sel, p))
             .copied()
             .collect(),
         _ => Vec::new(),
@@ -343,6 +339,58 @@ fn view(ix: &Index, svc: &Service) -> Option<ServiceView> {
     })
 }
 
+/// Whether a Service's (non-empty) selector picks this Pod.
+pub(crate) fn selects(sel: &std::collections::BTreeMap<String, String>, pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    sel.iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// A Pod as the EndpointSlice controller sees it, ports aside.
+pub(crate) struct PodState {
+    pub addrs: Vec<IpAddr>,
+    /// The Ready condition, or `publishNotReadyAddresses`, and not terminating.
+    pub ready: bool,
+    pub ready_cond: bool,
+    pub terminating: bool,
+}
+
+/// Its IPs and conditions (Ready condition; terminating once it has a
+/// deletionTimestamp); None for a pod that has finished or has no status.
+pub(crate) fn pod_state(pod: &Pod, publish_not_ready: bool) -> Option<PodState> {
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ready_cond = match &status.conditions {
+        Some(cs) => cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        // A pod with no conditions is one the lab runs directly: running
+        // means ready.
+        None => status.phase.as_deref() == Some("Running"),
+    };
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let mut addrs: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if addrs.is_empty() {
+        addrs.extend(
+            status
+                .pod_ip
+                .as_ref()
+                .and_then(|p| p.parse::<IpAddr>().ok()),
+        );
+    }
+    Some(PodState {
+        addrs,
+        ready: (ready_cond && !terminating) || publish_not_ready,
+        ready_cond,
+        terminating,
+    })
+}
+
 /// The EndpointSlice controller's view of one Pod for one Service port:
 /// its IPs, the target port resolved (a name through the Pod's container
 /// ports), and its conditions (Ready condition; terminating once it has a
@@ -353,12 +401,9 @@ fn pod_backends(
     port: i32,
     publish_not_ready: bool,
 ) -> Vec<Backend> {
-    let Some(status) = &pod.status else {
+    let Some(st) = pod_state(pod, publish_not_ready) else {
         return Vec::new();
     };
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return Vec::new();
-    }
     let port = match target {
         None => port,
         Some(IntOrString::Int(n)) => *n,
@@ -379,37 +424,15 @@ fn pod_backends(
     let Ok(port) = u16::try_from(port) else {
         return Vec::new();
     };
-    let ready_cond = match &status.conditions {
-        Some(cs) => cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
-        // A pod with no conditions is one the lab runs directly: running
-        // means ready.
-        None => status.phase.as_deref() == Some("Running"),
-    };
-    let terminating = pod.metadata.deletion_timestamp.is_some();
-    let ready = (ready_cond && !terminating) || publish_not_ready;
-    let mut addrs: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
-    if addrs.is_empty() {
-        addrs.extend(
-            status
-                .pod_ip
-                .as_ref()
-                .and_then(|p| p.parse::<IpAddr>().ok()),
-        );
-    }
-    addrs
+    st.addrs
         .into_iter()
         .map(|ip| Backend {
             ip,
             port,
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            ready,
-            serving: ready_cond,
-            terminating,
+            ready: st.ready,
+            serving: st.ready_cond,
+            terminating: st.terminating,
         })
         .collect()
 }

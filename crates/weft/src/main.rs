@@ -23,6 +23,9 @@ struct Cli {
 enum Cmd {
     /// The node agent: cross-node routes, VXLAN, egress NAT, the CNI conflist.
     Agent(AgentArgs),
+    /// The cluster DNS: the Kubernetes DNS schema for the cluster zone,
+    /// other names forwarded to upstream servers and cached.
+    Dns(DnsArgs),
     /// A cluster on this host: nodes and pods as network namespaces.
     Lab {
         #[command(subcommand)]
@@ -67,6 +70,60 @@ struct AgentArgs {
     /// Full resync period in seconds.
     #[arg(long, default_value_t = 30)]
     resync_secs: u64,
+    /// text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// Standalone mode: a directory of Kubernetes manifests, watched for
+    /// changes. Without it the server watches the Kubernetes API.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the API; default: in-cluster config, then ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Address to answer on, UDP and TCP (repeatable, at least one). There
+    /// is no default: the server is never an open resolver by accident.
+    #[arg(long, required = true)]
+    listen: Vec<std::net::SocketAddr>,
+    /// The cluster zone.
+    #[arg(long, default_value = "cluster.local")]
+    zone: String,
+    /// TTL of cluster records, and of the SOA (minimum field too).
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Where /health, /ready and /metrics are served.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    /// Upstream server for names outside the zone, IP or IP:PORT
+    /// (repeatable). Default: the nameservers of --resolv-conf.
+    #[arg(long = "upstream")]
+    upstreams: Vec<String>,
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Answer only the cluster zone; REFUSED for everything else.
+    #[arg(long)]
+    no_forward: bool,
+    /// UDP worker threads per listen address (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Entries in the forwarding cache (positive and negative).
+    #[arg(long, default_value_t = 9984)]
+    cache_size: usize,
+    /// TTL cap of cached answers, seconds.
+    #[arg(long, default_value_t = 3600)]
+    cache_max_ttl: u32,
+    /// TTL cap of cached negative answers, seconds.
+    #[arg(long, default_value_t = 1800)]
+    cache_max_neg_ttl: u32,
+    /// Forwarded queries in flight at most; more are REFUSED.
+    #[arg(long, default_value_t = 1000)]
+    max_concurrent: usize,
+    /// How long to wait for one upstream before trying the next, ms.
+    #[arg(long, default_value_t = 2000)]
+    upstream_timeout_ms: u64,
     /// text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -149,6 +206,39 @@ fn run(cli: Cli) -> Result<i32> {
                 ipam_data_dir: a.ipam_data_dir,
                 metrics_addr: Some(a.metrics_addr),
                 resync: std::time::Duration::from_secs(a.resync_secs.max(1)),
+            })?;
+            Ok(0)
+        }
+        Cmd::Dns(a) => {
+            init_logs(&a.log_format);
+            let source = match a.manifests {
+                Some(d) => weft_dns::Source::Dir(d),
+                None => weft_dns::Source::Kube {
+                    kubeconfig: a.kubeconfig,
+                },
+            };
+            let upstreams = a
+                .upstreams
+                .iter()
+                .map(|u| weft_dns::parse_upstream(u))
+                .collect::<Result<Vec<_>, _>>()?;
+            weft_dns::run(weft_dns::DnsConfig {
+                source,
+                zone: a.zone,
+                ttl: a.ttl,
+                listen: a.listen,
+                http: a.http,
+                upstreams,
+                resolv_conf: a.resolv_conf,
+                forward: !a.no_forward,
+                threads: a
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                cache_size: a.cache_size,
+                cache_max_ttl: a.cache_max_ttl,
+                cache_max_neg_ttl: a.cache_max_neg_ttl,
+                max_concurrent: a.max_concurrent,
+                upstream_timeout: std::time::Duration::from_millis(a.upstream_timeout_ms),
             })?;
             Ok(0)
         }
