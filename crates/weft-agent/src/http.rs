@@ -30,23 +30,29 @@ pub fn health(m: &Metrics) -> Result<(), &'static str> {
     }
 }
 
-fn respond(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
-    let (status, body) = match path {
+fn respond(m: &Metrics, path: &str) -> (StatusCode, String) {
+    match path {
         "/metrics" => (StatusCode::OK, m.render()),
         "/healthz" => match health(m) {
             Ok(()) => (StatusCode::OK, "ok\n".into()),
             Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
+    }
 }
 
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz and /metrics");
+    serve_fn(addr, Arc::new(move |path: &str| respond(&metrics, path))).await
+}
+
+/// What a small status server answers for a path: a status and a body.
+pub type Route = Arc<dyn Fn(&str) -> (StatusCode, String) + Send + Sync>;
+
+/// Serves GET requests by path until the process ends; shared by the
+/// agent and `weft dns`, whose paths differ.
+pub async fn serve_fn(addr: SocketAddr, route: Route) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -55,10 +61,12 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                 continue;
             }
         };
-        let m = metrics.clone();
+        let route = route.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let r = respond(&m, req.uri().path());
+                let (status, body) = route(req.uri().path());
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = status;
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
             // Answer clients that shut down their sending side after the

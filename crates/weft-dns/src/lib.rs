@@ -1,8 +1,34 @@
-//! `weft dns`: the cluster DNS. (skeleton; filled in below)
+//! `weft dns`: the cluster DNS, a CoreDNS replacement.
+//!
+//! ```text
+//!  source (Kubernetes API watchers | manifest directory)
+//!     │ ClusterState snapshots (newest wins)
+//!     ▼
+//!  weft-model::dns::compile ──▶ Zone ──▶ ZoneCell (swapped whole)
+//!                                           │
+//!  UDP workers (threads, SO_REUSEPORT) ─────┤ answer.rs: bytes → bytes
+//!  TCP (tokio) ─────────────────────────────┘
+//!     │ names outside the zone
+//!     ▼
+//!  forward.rs (health-checked upstreams, concurrency limit) + cache.rs
+//! ```
 
+pub mod answer;
+pub mod cache;
+pub mod forward;
+pub mod metrics;
+pub mod server;
+
+use metrics::Metrics;
+use server::ZoneCell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_agent::latest::Latest;
+use weft_model::dns::ZoneConfig;
+use weft_model::ClusterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -36,9 +62,204 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
 }
 
+impl DnsConfig {
+    /// Checks everything that can be checked before binding, and settles
+    /// the upstreams (from resolv.conf when none are given).
+    pub fn validate(mut self) -> Result<DnsConfig, DnsError> {
+        if self.listen.is_empty() {
+            return Err(DnsError::Config("--listen: at least one address".into()));
+        }
+        let zone = weft_model::dns::normalize(&self.zone);
+        if zone.is_empty() || hickory_proto::rr::Name::from_ascii(&zone).is_err() {
+            return Err(DnsError::Config(format!(
+                "--zone {}: not a domain name",
+                self.zone
+            )));
+        }
+        self.zone = zone;
+        if self.forward {
+            if self.upstreams.is_empty() {
+                let text = std::fs::read_to_string(&self.resolv_conf).map_err(|e| {
+                    DnsError::Config(format!("{}: {e}", self.resolv_conf.display()))
+                })?;
+                self.upstreams = resolv_conf_nameservers(&text);
+            }
+            // Forwarding to ourselves would loop.
+            let listen = self.listen.clone();
+            self.upstreams.retain(|u| {
+                !listen.iter().any(|l| {
+                    l.port() == u.port()
+                        && (l.ip() == u.ip() || l.ip().is_unspecified() && u.ip().is_loopback())
+                })
+            });
+            if self.upstreams.is_empty() {
+                return Err(DnsError::Config(format!(
+                    "no upstream server: give --upstream, list a nameserver in {}, or use --no-forward",
+                    self.resolv_conf.display()
+                )));
+            }
+        }
+        if self.threads == 0 {
+            return Err(DnsError::Config("--threads must be at least 1".into()));
+        }
+        Ok(self)
+    }
+}
+
+/// The `nameserver` lines of a resolv.conf.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        // A scoped IPv6 address (fe80::1%eth0) is not a SocketAddr; skip it.
+        .filter_map(|a| parse_upstream(a).ok())
+        .collect()
+}
+
+fn unix_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+/// Recompiles the zone from every new snapshot, forever.
+fn compile_loop(
+    latest: &Latest<ClusterState>,
+    zone_cfg: &ZoneConfig,
+    forward: bool,
+    cell: &ZoneCell,
+    metrics: &Metrics,
+) {
+    let mut serial = 0u32;
+    loop {
+        let Some(state) = latest.take(Duration::from_secs(3600)) else {
+            continue;
+        };
+        let t = Instant::now();
+        let zone = weft_model::dns::compile(&state, zone_cfg);
+        drop(state);
+        // The SOA serial moves forward on every change.
+        serial = unix_secs().max(serial.wrapping_add(1));
+        metrics.zone_names.store(zone.len() as u64, Relaxed);
+        cell.set(answer::Answers::new(zone, serial, forward));
+        metrics.zone_syncs.fetch_add(1, Relaxed);
+        metrics
+            .last_sync_micros
+            .store(t.elapsed().as_micros() as u64, Relaxed);
+        if metrics.ready.swap(1, Relaxed) == 0 {
+            tracing::info!(took_ms = t.elapsed().as_millis() as u64, "zone ready");
+        }
+    }
+}
+
+fn route(metrics: Arc<Metrics>) -> weft_agent::http::Route {
+    use hyper::StatusCode;
+    Arc::new(move |path: &str| match path {
+        "/health" | "/healthz" => (StatusCode::OK, "OK\n".into()),
+        "/ready" if metrics.ready.load(Relaxed) == 1 => (StatusCode::OK, "OK\n".into()),
+        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".into()),
+        "/metrics" => (StatusCode::OK, metrics.render()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+    })
+}
+
+/// Runs the server until the process is killed.
 pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
-    let _ = cfg;
-    Err(DnsError::Config("not yet".into()))
+    let cfg = cfg.validate()?;
+    let metrics = Arc::new(Metrics::default());
+    let cell = Arc::new(ZoneCell::default());
+    let latest: Arc<Latest<ClusterState>> = Arc::new(Latest::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| DnsError::Io(format!("runtime: {e}")))?;
+
+    let forwarder = cfg.forward.then(|| {
+        Arc::new(forward::Forwarder::new(
+            &cfg.upstreams,
+            cache::Cache::new(cfg.cache_size, cfg.cache_max_ttl, cfg.cache_max_neg_ttl),
+            cfg.max_concurrent,
+            cfg.upstream_timeout,
+            metrics.clone(),
+        ))
+    });
+    if let Some(f) = &forwarder {
+        tracing::info!(upstreams = ?cfg.upstreams, "forwarding names outside the zone");
+        rt.spawn(f.clone().health_checks());
+    }
+
+    // Bind everything before serving anything, so that a bad address
+    // fails the start rather than half of the listeners.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tcp = Vec::new();
+    for addr in &cfg.listen {
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| DnsError::Io(format!("listen tcp {addr}: {e}")))?;
+        tcp.push(l);
+    }
+    for addr in &cfg.listen {
+        server::spawn_udp(
+            *addr,
+            cfg.threads,
+            cell.clone(),
+            metrics.clone(),
+            tx.clone(),
+        )
+        .map_err(|e| DnsError::Io(format!("listen udp {addr}: {e}")))?;
+    }
+    drop(tx);
+    for l in tcp {
+        rt.spawn(server::serve_tcp(
+            l,
+            cell.clone(),
+            forwarder.clone(),
+            metrics.clone(),
+        ));
+    }
+    match &forwarder {
+        Some(f) => {
+            rt.spawn(server::udp_forwarder(rx, f.clone(), metrics.clone()));
+        }
+        None => drop(rx),
+    }
+    if let Some(addr) = cfg.http {
+        let r = route(metrics.clone());
+        rt.spawn(async move {
+            if let Err(e) = weft_agent::http::serve_fn(addr, r).await {
+                tracing::error!(%addr, error = %e, "http server failed");
+            }
+        });
+    }
+
+    match &cfg.source {
+        Source::Dir(d) => {
+            let src = weft_agent::dir_source::DirSource::new(d.clone());
+            let l = latest.clone();
+            let m = Arc::new(weft_agent::metrics::Metrics::default());
+            std::thread::Builder::new()
+                .name("dir-source".into())
+                .spawn(move || src.run(l, m))
+                .map_err(|e| DnsError::Io(e.to_string()))?;
+        }
+        Source::Kube { kubeconfig } => {
+            let client = rt
+                .block_on(weft_agent::kube_source::client(kubeconfig.as_deref()))
+                .map_err(DnsError::Config)?;
+            rt.spawn(weft_agent::kube_source::run(client, latest.clone()));
+        }
+    }
+    let zone_cfg = ZoneConfig {
+        zone: cfg.zone.clone(),
+        ttl: cfg.ttl,
+    };
+    tracing::info!(zone = %cfg.zone, listen = ?cfg.listen, "weft dns started");
+    compile_loop(&latest, &zone_cfg, cfg.forward, &cell, &metrics);
+    Ok(())
 }
 
 /// An upstream as given on the command line: `IP` (port 53) or `IP:PORT`.
