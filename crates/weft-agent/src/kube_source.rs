@@ -52,15 +52,6 @@ where
     )
 }
 
-pub const KINDS: [&str; 6] = [
-    "Node",
-    "Pod",
-    "Namespace",
-    "Service",
-    "EndpointSlice",
-    "NetworkPolicy",
-];
-
 /// Applies one event; returns whether the state may have changed.
 fn apply(
     state: &mut ClusterState,
@@ -102,30 +93,42 @@ fn apply(
     }
 }
 
-/// Watches until the process ends, publishing every new state.
+/// Watches every kind weft acts on until the process ends, publishing
+/// every new state.
 pub async fn run(client: Client, out: Arc<Latest<ClusterState>>) {
-    let streams: Vec<EvStream> = vec![
-        watch::<Node>(&client, "Node", |o| Object::Node(std::sync::Arc::new(o))),
-        watch::<Pod>(&client, "Pod", |o| Object::Pod(std::sync::Arc::new(o))),
-        watch::<Namespace>(&client, "Namespace", |o| {
-            Object::Namespace(std::sync::Arc::new(o))
-        }),
-        watch::<Service>(&client, "Service", |o| {
-            Object::Service(std::sync::Arc::new(o))
-        }),
-        watch::<EndpointSlice>(&client, "EndpointSlice", |o| {
-            Object::EndpointSlice(std::sync::Arc::new(o))
-        }),
-        watch::<NetworkPolicy>(&client, "NetworkPolicy", |o| {
-            Object::NetworkPolicy(std::sync::Arc::new(o))
-        }),
-    ];
+    run_kinds(client, out, weft_model::manifest::KINDS).await
+}
+
+/// Watches only the given kinds (`weft dns` needs three of the six, and
+/// holding every Pod would cost it most of its memory).
+pub async fn run_kinds(client: Client, out: Arc<Latest<ClusterState>>, kinds: &[&str]) {
+    let streams: Vec<EvStream> = kinds
+        .iter()
+        .filter_map(|k| -> Option<EvStream> {
+            Some(match *k {
+                "Node" => watch::<Node>(&client, "Node", |o| Object::Node(Arc::new(o))),
+                "Pod" => watch::<Pod>(&client, "Pod", |o| Object::Pod(Arc::new(o))),
+                "Namespace" => {
+                    watch::<Namespace>(&client, "Namespace", |o| Object::Namespace(Arc::new(o)))
+                }
+                "Service" => watch::<Service>(&client, "Service", |o| Object::Service(Arc::new(o))),
+                "EndpointSlice" => watch::<EndpointSlice>(&client, "EndpointSlice", |o| {
+                    Object::EndpointSlice(Arc::new(o))
+                }),
+                "NetworkPolicy" => watch::<NetworkPolicy>(&client, "NetworkPolicy", |o| {
+                    Object::NetworkPolicy(Arc::new(o))
+                }),
+                _ => return None,
+            })
+        })
+        .collect();
+    let n = streams.len();
     let mut all = futures::stream::select_all(streams);
     let mut state = ClusterState::default();
     let mut buffers = BTreeMap::new();
     let mut synced = BTreeSet::new();
     while let Some(ev) = all.next().await {
-        if apply(&mut state, &mut buffers, &mut synced, ev) && synced.len() == KINDS.len() {
+        if apply(&mut state, &mut buffers, &mut synced, ev) && synced.len() == n {
             out.publish(state.clone());
         }
     }

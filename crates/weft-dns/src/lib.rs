@@ -250,7 +250,13 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
             let client = rt
                 .block_on(weft_agent::kube_source::client(kubeconfig.as_deref()))
                 .map_err(DnsError::Config)?;
-            rt.spawn(weft_agent::kube_source::run(client, latest.clone()));
+            // Pod names are synthesized and endpoints come from EndpointSlices,
+            // so Pods are not watched (as CoreDNS with `pods insecure`).
+            rt.spawn(weft_agent::kube_source::run_kinds(
+                client,
+                latest.clone(),
+                &["Namespace", "Service", "EndpointSlice"],
+            ));
         }
     }
     let zone_cfg = ZoneConfig {
