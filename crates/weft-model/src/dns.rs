@@ -269,6 +269,19 @@ pub fn compile(state: &ClusterState, cfg: &ZoneConfig) -> Zone {
             _ => {}
         }
     }
+    // The apex NS names the cluster DNS; give it the kube-dns Service's
+    // addresses, so that the name resolves as CoreDNS's does.
+    let dns_ips: Vec<IpAddr> = z
+        .names
+        .get(&format!("kube-dns.kube-system.svc.{origin}"))
+        .map(|n| {
+            let v4 = n.a.iter().map(|a| IpAddr::V4(*a));
+            v4.chain(n.aaaa.iter().map(|a| IpAddr::V6(*a))).collect()
+        })
+        .unwrap_or_default();
+    for ip in dns_ips {
+        z.add_ip(&format!("ns.dns.{origin}"), ip);
+    }
     let namespaces: Vec<String> = z.namespaces.iter().cloned().collect();
     for ns in namespaces {
         z.node(format!("{ns}.svc.{origin}"));
@@ -688,6 +701,15 @@ endpoints:
         assert_eq!(z.lookup("xcluster.local"), Lookup::Outside);
         assert_eq!(z.lookup("9.9.9.9.in-addr.arpa"), Lookup::ReverseMiss);
         assert!(z.contains("cluster.local") && z.contains("a.cluster.local"));
+    }
+
+    #[test]
+    fn the_apex_ns_resolves_to_the_kube_dns_service() {
+        let z = zone("apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\nspec: {clusterIP: 10.96.0.10}\n");
+        assert_eq!(
+            found(&z, "ns.dns.cluster.local").a,
+            vec![Ipv4Addr::new(10, 96, 0, 10)]
+        );
     }
 
     #[test]
