@@ -97,6 +97,9 @@ impl Forwarder {
             None => req.queries[0].clone(),
         };
         let mut resp = response_to(req, true);
+        // An ExternalName's CNAME is the zone's own data: the answer is
+        // authoritative, as CoreDNS marks it.
+        resp.metadata.authoritative = f.cname.is_some();
         let prefix: Vec<_> = f.cname.iter().map(|(r, _)| r.clone()).collect();
         let key = Key::of(&question);
         let hit = self

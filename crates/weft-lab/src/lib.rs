@@ -16,8 +16,15 @@
 //! ```
 //! Nothing happens in the host's own network namespace. Namespaces are
 //! named `weft-<lab>.…`, so several labs run side by side.
+//!
+//! DNS as in a kubeadm cluster: `weft dns` runs as `kube-system/weft-dns`
+//! behind the kube-dns Service (10.96.0.10), every pod gets a kubelet's
+//! resolv.conf through `/etc/netns/<pod netns>/` (which `ip netns exec`
+//! mounts over /etc), and the external host runs a stub upstream server
+//! (see [`dns`]).
 
 pub mod cni_client;
+pub mod dns;
 pub mod state;
 mod topo;
 
@@ -57,8 +64,12 @@ pub struct LabEnv {
     pub state_root: PathBuf,
     /// Directories searched for CNI plugins (weft-cni first).
     pub plugin_dirs: Vec<PathBuf>,
-    /// The `weft` binary the agents run.
+    /// The `weft` binary the agents and the cluster DNS run.
     pub weft_bin: PathBuf,
+    /// Per-namespace files for `ip netns exec` (a pod's resolv.conf).
+    pub etc_netns: PathBuf,
+    /// The stub upstream DNS server on the external host.
+    pub dnsmasq_bin: PathBuf,
 }
 
 impl LabEnv {
@@ -77,6 +88,8 @@ impl LabEnv {
             state_root: PathBuf::from("/run/weft/labs"),
             plugin_dirs,
             weft_bin: exe,
+            etc_netns: PathBuf::from("/etc/netns"),
+            dnsmasq_bin: PathBuf::from("/usr/sbin/dnsmasq"),
         }
     }
 
@@ -189,8 +202,9 @@ fn node_names_from(objs: &[Object], n: usize) -> Vec<String> {
     }
 }
 
-/// Brings a lab up: the underlay, the external host, the nodes with their
-/// agents, then one pod per Pod manifest.
+/// Brings a lab up: the underlay, the external host (with the stub
+/// upstream DNS), the nodes with their agents, the cluster DNS, then one
+/// pod per Pod manifest; returns once the cluster DNS is ready.
 pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
     validate_lab_name(&opts.name)?;
     opts.backend
@@ -221,6 +235,7 @@ pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
         external_ip: IpAddr::V4(EXTERNAL_IP),
         nodes: Vec::new(),
         pods: Vec::new(),
+        upstream_dns_pid: None,
     };
     let r = (|| {
         fs::create_dir_all(dir.join("cluster")).map_err(|e| msg(e.to_string()))?;
@@ -240,6 +255,13 @@ pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
             None,
         )?;
         st.save(&dir)?;
+        st.upstream_dns_pid = Some(dns::start_stub_upstream(
+            &env.dnsmasq_bin,
+            &st.external_netns,
+            EXTERNAL_IP,
+            &dir,
+        )?);
+        st.save(&dir)?;
         let names = node_names_from(&objs, opts.nodes);
         for name in &names {
             let user = objs.iter().find_map(|o| match o {
@@ -253,7 +275,18 @@ pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
         for n in &names {
             wait_ready(&dir, n)?;
         }
+        // The DNS add-on before the user's pods, as a cluster has it.
+        let addon =
+            dns::cluster_dns_objects(&env.weft_bin, &dir.join("cluster"), &names[0], EXTERNAL_IP)?;
+        apply_objects(env, &mut st, &dir, &addon, &mut Vec::new())?;
         apply_objects(env, &mut st, &dir, &objs, &mut Vec::new())?;
+        // It syncs while the user's pods start.
+        let netns = format!("weft-{}.{}.{}", st.name, dns::DNS_NAMESPACE, dns::DNS_POD);
+        dns::wait_ready(
+            &netns,
+            &pod_log_path(&dir, dns::DNS_NAMESPACE, dns::DNS_POD),
+            Duration::from_secs(20),
+        )?;
         Ok(())
     })();
     if let Err(e) = r {
@@ -444,6 +477,11 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| msg(format!("node {node} has no CNI configuration yet")))?;
     create_netns(&netns)?;
+    // The kubelet's resolv.conf, in place before anything runs in the pod.
+    if let Err(e) = dns::write_resolv_conf(&env.etc_netns, &netns, pod) {
+        let _ = remove_netns(&netns);
+        return Err(e);
+    }
     let netns_path = PathBuf::from("/run/netns").join(&netns);
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id}");
     let rc = json!({});
@@ -458,6 +496,7 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
         Ok(r) => r,
         Err(e) => {
             let _ = remove_netns(&netns);
+            let _ = dns::remove_netns_etc(&env.etc_netns, &netns);
             return Err(msg(format!("pod {ns}/{name}: {e}")));
         }
     };
@@ -494,7 +533,20 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
         // No image means no entrypoint: the pod's namespace just stays up.
         argv = vec!["sleep".into(), "infinity".into()];
     }
-    let log_path = dir.join("logs").join(format!("{ns}_{name}.log"));
+    // The lab restarts a pod's command only when the manifest says
+    // restartPolicy: Always outright (the cluster DNS does), so a user
+    // pod's command that exits stays exited, as it always has here.
+    if pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Always") {
+        let mut looped: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            r#"while :; do "$@"; sleep 0.3; done"#.into(),
+            "sh".into(),
+        ];
+        looped.extend(argv);
+        argv = looped;
+    }
+    let log_path = pod_log_path(dir, &ns, &name);
     let started = (|| {
         fs::create_dir_all(dir.join("logs")).map_err(|e| msg(e.to_string()))?;
         let log = File::create(&log_path)
@@ -533,6 +585,10 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
     Ok(ps)
 }
 
+fn pod_log_path(dir: &Path, ns: &str, name: &str) -> PathBuf {
+    dir.join("logs").join(format!("{ns}_{name}.log"))
+}
+
 fn pod_object(ps: &PodState) -> Object {
     let mut p = Pod::default();
     p.metadata.name = Some(ps.name.clone());
@@ -564,8 +620,10 @@ fn stop_pod(env: &LabEnv, st: &LabState, dir: &Path, ps: &PodState) -> Result<()
         Ok(())
     };
     let rm = remove_netns(&ps.netns);
+    let etc = dns::remove_netns_etc(&env.etc_netns, &ps.netns);
     del.map_err(|e| msg(format!("pod {}/{}: {e}", ps.namespace, ps.name)))?;
-    rm
+    rm?;
+    etc
 }
 
 fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Result<(), LabError> {
@@ -884,6 +942,9 @@ pub fn down(env: &LabEnv, name: &str) -> Result<(), LabError> {
                     kill_group(pid);
                 }
             }
+            if let Some(pid) = st.upstream_dns_pid {
+                kill_group(pid);
+            }
         }
         // Sweep everything of this lab's, including what a crash left
         // unrecorded: pods first, then nodes, then the underlay.
@@ -906,6 +967,7 @@ pub fn down(env: &LabEnv, name: &str) -> Result<(), LabError> {
                 errors.push(e.to_string());
             }
         }
+        errors.extend(dns::sweep_netns_etc(&env.etc_netns, name));
     }
     if dir.exists() {
         if let Err(e) = fs::remove_dir_all(&dir) {
@@ -1026,6 +1088,30 @@ pub fn render_status(env: &LabEnv, st: &LabState) -> String {
         "lab {}  backend {}  cluster CIDR {}  underlay {}  external {}\n\n",
         st.name, st.backend, st.cluster_cidr, st.underlay, st.external_ip
     );
+    let dns_pod = st
+        .pods
+        .iter()
+        .find(|p| p.namespace == dns::DNS_NAMESPACE && p.name == dns::DNS_POD);
+    let dns_state = match dns_pod {
+        None => "absent",
+        Some(p) if !alive(p.pid) => "Exited",
+        Some(p) => match dns::http_get(&p.netns, dns::DNS_HTTP_PORT, "/ready") {
+            Some(r) if dns::status_ok(&r) => "Ready",
+            _ => "NotReady",
+        },
+    };
+    out.push_str(&format!(
+        "cluster DNS {} ({}/{} {dns_state})  upstream stub {}:53 ({})\n\n",
+        dns::CLUSTER_DNS_IP,
+        dns::DNS_NAMESPACE,
+        dns::DNS_POD,
+        st.external_ip,
+        if alive(st.upstream_dns_pid) {
+            "Running"
+        } else {
+            "Stopped"
+        }
+    ));
     let mut nodes = vec![vec![
         "NODE".into(),
         "IP".into(),

@@ -44,6 +44,9 @@ pub struct LabState {
     pub external_ip: IpAddr,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+    /// The stub upstream DNS server (dnsmasq) on the external host.
+    #[serde(default)]
+    pub upstream_dns_pid: Option<u32>,
 }
 
 impl LabState {

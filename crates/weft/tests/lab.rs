@@ -67,8 +67,8 @@ fn demo_pods_talk_and_down_removes_everything() {
     let name = lab.0.clone();
     assert_eq!(
         namespaces_of(&name).len(),
-        5,
-        "underlay, external, node-1 and two pods"
+        6,
+        "underlay, external, node-1, the cluster DNS pod and two pods"
     );
     ok(&["lab", "down", "--name", &name]);
     assert!(
