@@ -24,6 +24,11 @@ echo
 echo "# client pod -> Service web ($svc), proxied by the node's agent:"
 $W lab exec --name demo default/client -- busybox wget -qO- "http://$svc/"
 echo
+echo "# client pod -> Service web by name, through the cluster DNS (weft dns at 10.96.0.10):"
+$W lab exec --name demo default/client -- cat /etc/resolv.conf
+$W lab exec --name demo default/client -- nslookup web
+$W lab exec --name demo default/client -- busybox wget -qO- "http://web/"
+echo
 echo "# the node's side: bridge weft0 with the pods' veths"
 $W lab exec --name demo node/node-1 -- ip -br link show master weft0
 cat <<MSG
