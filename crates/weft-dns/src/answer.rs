@@ -44,6 +44,7 @@ pub enum Outcome {
 /// A compiled zone with what its answers need ready-made.
 pub struct Answers {
     pub zone: Zone,
+    origin: Name,
     soa: Record,
     /// Forwarding is on: RA is set, names outside the zone go upstream.
     forward: bool,
@@ -78,7 +79,12 @@ impl Answers {
                 ttl,
             )),
         );
-        Answers { zone, soa, forward }
+        Answers {
+            zone,
+            origin,
+            soa,
+            forward,
+        }
     }
 
     /// Answers one request. `transport` decides truncation: UDP replies
@@ -112,7 +118,12 @@ impl Answers {
         if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY {
             return self.error(id, op, ResponseCode::Refused, Some(&msg));
         }
-        let lookup = self.zone.lookup(&name);
+        let mut lookup = self.zone.lookup(&name);
+        // The text form escapes a dot inside a label (`foo\.cluster.local`);
+        // only hickory's label-wise comparison says it is not in the zone.
+        if lookup == Lookup::NxDomain && !self.origin.zone_of(q.name()) {
+            lookup = Lookup::Outside;
+        }
         if matches!(lookup, Lookup::Outside | Lookup::ReverseMiss) {
             return if self.forward && !matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR)
             {

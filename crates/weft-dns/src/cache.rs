@@ -12,6 +12,9 @@ pub struct Key {
     name: String,
     qtype: u16,
     qclass: u16,
+    /// Answers to DNSSEC-aware clients carry signatures; plain ones may
+    /// not, so the two are cached apart (as CoreDNS does).
+    dnssec_ok: bool,
 }
 
 impl Key {
@@ -20,7 +23,13 @@ impl Key {
             name: q.name().to_lowercase().to_ascii(),
             qtype: u16::from(q.query_type()),
             qclass: u16::from(q.query_class()),
+            dnssec_ok: false,
         }
+    }
+
+    pub fn dnssec_ok(mut self, on: bool) -> Key {
+        self.dnssec_ok = on;
+        self
     }
 }
 
@@ -37,6 +46,13 @@ struct Entry {
     value: Cached,
     stored: Instant,
     ttl: u32,
+}
+
+/// Lowers every record's TTL to at most `max` (and at least 1).
+pub fn cap_ttls(records: &mut [Record], max: u32) {
+    for r in records {
+        r.ttl = r.ttl.min(max).max(1);
+    }
 }
 
 pub struct Cache {
@@ -73,16 +89,13 @@ impl Cache {
             self.map.remove(key);
             return None;
         }
-        let age = age as u32;
+        // Every record says at most what is left of the entry's (capped)
+        // lifetime, so a client never keeps it longer than weft would.
+        let left = e.ttl - age as u32;
         let mut v = e.value.clone();
-        for r in v
-            .answers
-            .iter_mut()
-            .chain(v.authorities.iter_mut())
-            .chain(v.additionals.iter_mut())
-        {
-            r.ttl = r.ttl.saturating_sub(age).max(1);
-        }
+        cap_ttls(&mut v.answers, left);
+        cap_ttls(&mut v.authorities, left);
+        cap_ttls(&mut v.additionals, left);
         Some(v)
     }
 

@@ -11,7 +11,7 @@
 //! - Answers and negative answers are cached (see `cache`).
 
 use crate::answer::{finish, response_to, ForwardRequest, Outcome, Transport, EDNS_PAYLOAD};
-use crate::cache::{Cache, Key};
+use crate::cache::{cap_ttls, Cache, Key};
 use crate::metrics::Metrics;
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
@@ -101,7 +101,8 @@ impl Forwarder {
         // authoritative, as CoreDNS marks it.
         resp.metadata.authoritative = f.cname.is_some();
         let prefix: Vec<_> = f.cname.iter().map(|(r, _)| r.clone()).collect();
-        let key = Key::of(&question);
+        let dnssec_ok = req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let key = Key::of(&question).dnssec_ok(dnssec_ok);
         let hit = self
             .cache
             .lock()
