@@ -123,14 +123,17 @@ impl Forwarder {
             resp.metadata.response_code = ResponseCode::Refused;
             return finish(resp, req, transport);
         };
-        let dnssec_ok = req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         match self.query(&question, dnssec_ok).await {
-            Some(up) => {
-                self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    key,
-                    &up,
-                    Instant::now(),
-                );
+            Some(mut up) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                // The first reply is capped like the cached ones will be.
+                if let Some(ttl) = cache.ttl_of(&up) {
+                    cap_ttls(&mut up.answers, ttl);
+                    cap_ttls(&mut up.authorities, ttl);
+                    cap_ttls(&mut up.additionals, ttl);
+                }
+                cache.insert(key, &up, Instant::now());
+                drop(cache);
                 resp.metadata.response_code = up.metadata.response_code;
                 resp.answers = prefix;
                 resp.answers.extend(up.answers);
