@@ -114,3 +114,72 @@ async fn lists_then_watch_events_feed_the_model() {
     source.abort();
     server.abort();
 }
+
+/// `weft dns`'s view: only Namespaces, Services and EndpointSlices are
+/// watched (a request for any other kind fails the test), and they compile
+/// into the cluster zone.
+#[tokio::test]
+async fn the_dns_kinds_alone_compile_into_the_zone() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        let mut held = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let kind = kind_of(&path);
+            assert!(
+                matches!(kind, "Namespace" | "Service" | "EndpointSlice"),
+                "weft dns must not watch {kind}"
+            );
+            if query.contains("watch=true") {
+                held.push(send);
+                continue;
+            }
+            let items = match kind {
+                "Service" => vec![serde_json::json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "db", "namespace": "prod", "resourceVersion": "1"},
+                    "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}
+                })],
+                "EndpointSlice" => vec![serde_json::json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": "db-x", "namespace": "prod", "resourceVersion": "1",
+                                 "labels": {"kubernetes.io/service-name": "db"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["10.244.1.5"], "hostname": "db-0"}]
+                })],
+                _ => vec![],
+            };
+            send.send_response(Response::new(Body::from(list(kind, items))));
+        }
+    });
+    let latest: Arc<Latest<ClusterState>> = Arc::new(Latest::default());
+    let source = tokio::spawn(kube_source::run_kinds(
+        Client::new(svc, "default"),
+        latest.clone(),
+        &["Namespace", "Service", "EndpointSlice"],
+    ));
+    let l = latest.clone();
+    let state = tokio::task::spawn_blocking(move || l.take(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .expect("a state once the three kinds are listed");
+    let zone = weft_model::dns::compile(
+        &state,
+        &weft_model::dns::ZoneConfig {
+            zone: "cluster.local".into(),
+            ttl: 5,
+        },
+    );
+    match zone.lookup("db-0.db.prod.svc.cluster.local") {
+        weft_model::dns::Lookup::Found(n) => assert_eq!(
+            n.a,
+            vec!["10.244.1.5".parse::<std::net::Ipv4Addr>().unwrap()]
+        ),
+        other => panic!("{other:?}"),
+    }
+    source.abort();
+    server.abort();
+}
