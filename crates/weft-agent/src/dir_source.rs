@@ -36,7 +36,12 @@ pub struct DirSource {
     files: BTreeMap<PathBuf, FileCache>,
     dir_stamps: Vec<(PathBuf, Option<SystemTime>)>,
     last: Option<ClusterState>,
+    transform: Option<Transform>,
 }
+
+/// Reduces an object as it is read, or drops it (None): a consumer that
+/// needs a few fields of many objects (`weft dns`) keeps only those.
+pub type Transform = fn(Object) -> Option<Object>;
 
 fn walk(root: &Path, dirs: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) {
     dirs.push(root.to_path_buf());
@@ -67,7 +72,13 @@ impl DirSource {
             files: BTreeMap::new(),
             dir_stamps: Vec::new(),
             last: None,
+            transform: None,
         }
+    }
+
+    pub fn with_transform(mut self, t: Transform) -> DirSource {
+        self.transform = Some(t);
+        self
     }
 
     fn dirs_changed(&self) -> bool {
@@ -113,7 +124,12 @@ impl DirSource {
                 })
                 .and_then(|t| manifest::parse(&p, &t))
             {
-                Ok(objs) => entry.objects = objs,
+                Ok(objs) => {
+                    entry.objects = match self.transform {
+                        Some(t) => objs.into_iter().filter_map(t).collect(),
+                        None => objs,
+                    }
+                }
                 Err(e) => {
                     metrics.manifest_errors.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "manifest rejected; its last good version stays in force");

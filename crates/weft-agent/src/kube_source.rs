@@ -96,12 +96,19 @@ fn apply(
 /// Watches every kind weft acts on until the process ends, publishing
 /// every new state.
 pub async fn run(client: Client, out: Arc<Latest<ClusterState>>) {
-    run_kinds(client, out, weft_model::manifest::KINDS).await
+    run_kinds(client, out, weft_model::manifest::KINDS, None).await
 }
 
 /// Watches only the given kinds (`weft dns` needs three of the six, and
 /// holding every Pod would cost it most of its memory).
-pub async fn run_kinds(client: Client, out: Arc<Latest<ClusterState>>, kinds: &[&str]) {
+/// `transform` reduces each object as it arrives (see
+/// `dir_source::Transform`).
+pub async fn run_kinds(
+    client: Client,
+    out: Arc<Latest<ClusterState>>,
+    kinds: &[&str],
+    transform: Option<crate::dir_source::Transform>,
+) {
     let streams: Vec<EvStream> = kinds
         .iter()
         .filter_map(|k| -> Option<EvStream> {
@@ -128,6 +135,17 @@ pub async fn run_kinds(client: Client, out: Arc<Latest<ClusterState>>, kinds: &[
     let mut buffers = BTreeMap::new();
     let mut synced = BTreeSet::new();
     while let Some(ev) = all.next().await {
+        let ev = match (transform, ev) {
+            (Some(t), Ev::InitApply(k, o)) => match t(o) {
+                Some(o) => Ev::InitApply(k, o),
+                None => continue,
+            },
+            (Some(t), Ev::Apply(o)) => match t(o) {
+                Some(o) => Ev::Apply(o),
+                None => continue,
+            },
+            (_, ev) => ev,
+        };
         if apply(&mut state, &mut buffers, &mut synced, ev) && synced.len() == n {
             out.publish(state.clone());
         }

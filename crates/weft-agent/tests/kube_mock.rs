@@ -160,6 +160,7 @@ async fn the_dns_kinds_alone_compile_into_the_zone() {
         Client::new(svc, "default"),
         latest.clone(),
         &["Namespace", "Service", "EndpointSlice"],
+        Some(weft_model::dns::slim),
     ));
     let l = latest.clone();
     let state = tokio::task::spawn_blocking(move || l.take(Duration::from_secs(5)))
@@ -175,7 +176,7 @@ async fn the_dns_kinds_alone_compile_into_the_zone() {
     );
     match zone.lookup("db-0.db.prod.svc.cluster.local") {
         weft_model::dns::Lookup::Found(n) => assert_eq!(
-            n.a,
+            n.a(),
             vec!["10.244.1.5".parse::<std::net::Ipv4Addr>().unwrap()]
         ),
         other => panic!("{other:?}"),

@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use std::net::IpAddr;
-use weft_model::dns::{normalize, Lookup, Node, Zone};
+use weft_model::dns::{normalize, Lookup, Node, Rdata, Zone};
 
 /// The EDNS payload size weft advertises (the DNS flag day 2020 value).
 pub const EDNS_PAYLOAD: u16 = 1232;
@@ -148,7 +148,7 @@ impl Answers {
         let owner = q.name().clone();
         match lookup {
             Lookup::Found(node) => {
-                if let Some(target) = &node.cname {
+                if let Some(target) = node.cname() {
                     let cname = fqdn(target).map(|t| {
                         (
                             Record::from_rdata(
@@ -183,7 +183,7 @@ impl Answers {
                     }
                 } else {
                     self.records(node, &owner, qtype, &mut resp.answers);
-                    if !node.srv.is_empty() {
+                    if matches!(qtype, RecordType::SRV | RecordType::ANY) {
                         self.additionals(&resp.answers, &mut resp.additionals);
                     }
                 }
@@ -210,41 +210,32 @@ impl Answers {
         let ttl = self.zone.ttl;
         let any = qtype == RecordType::ANY;
         let rec = |d: RData| Record::from_rdata(owner.clone(), ttl, d);
-        if any || qtype == RecordType::A {
-            out.extend(n.a.iter().map(|a| rec(RData::A(A(*a)))));
-        }
-        if any || qtype == RecordType::AAAA {
-            out.extend(n.aaaa.iter().map(|a| rec(RData::AAAA(AAAA(*a)))));
-        }
-        if any || qtype == RecordType::SRV {
-            for s in &n.srv {
-                if let Some(t) = fqdn(&s.target) {
-                    out.push(rec(RData::SRV(SRV::new(s.priority, s.weight, s.port, t))));
+        for r in &n.records {
+            let data = match r {
+                Rdata::A(a) if any || qtype == RecordType::A => RData::A(A(*a)),
+                Rdata::Aaaa(a) if any || qtype == RecordType::AAAA => RData::AAAA(AAAA(*a)),
+                Rdata::Srv(s) if any || qtype == RecordType::SRV => match fqdn(&s.target) {
+                    Some(t) => RData::SRV(SRV::new(s.priority, s.weight, s.port, t)),
+                    None => continue,
+                },
+                Rdata::Ptr(t) if any || qtype == RecordType::PTR => match fqdn(t) {
+                    Some(t) => RData::PTR(PTR(t)),
+                    None => continue,
+                },
+                Rdata::Txt(t) if any || qtype == RecordType::TXT => {
+                    RData::TXT(TXT::new(vec![t.to_string()]))
                 }
-            }
-        }
-        if any || qtype == RecordType::PTR {
-            out.extend(
-                n.ptr
-                    .iter()
-                    .filter_map(|t| Some(rec(RData::PTR(PTR(fqdn(t)?))))),
-            );
-        }
-        if any || qtype == RecordType::TXT {
-            out.extend(
-                n.txt
-                    .iter()
-                    .map(|t| rec(RData::TXT(TXT::new(vec![t.clone()])))),
-            );
-        }
-        if any || qtype == RecordType::NS {
-            out.extend(
-                n.ns.iter()
-                    .filter_map(|t| Some(rec(RData::NS(NS(fqdn(t)?))))),
-            );
-        }
-        if n.soa && (any || qtype == RecordType::SOA) {
-            out.push(self.soa.clone());
+                Rdata::Ns(t) if any || qtype == RecordType::NS => match fqdn(t) {
+                    Some(t) => RData::NS(NS(t)),
+                    None => continue,
+                },
+                Rdata::Soa if any || qtype == RecordType::SOA => {
+                    out.push(self.soa.clone());
+                    continue;
+                }
+                _ => continue,
+            };
+            out.push(rec(data));
         }
     }
 

@@ -238,7 +238,8 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
 
     match &cfg.source {
         Source::Dir(d) => {
-            let src = weft_agent::dir_source::DirSource::new(d.clone());
+            let src = weft_agent::dir_source::DirSource::new(d.clone())
+                .with_transform(weft_model::dns::slim);
             let l = latest.clone();
             let m = Arc::new(weft_agent::metrics::Metrics::default());
             std::thread::Builder::new()
@@ -256,6 +257,7 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
                 client,
                 latest.clone(),
                 &["Namespace", "Service", "EndpointSlice"],
+                Some(weft_model::dns::slim),
             ));
         }
     }
