@@ -9,6 +9,7 @@
 //! `weft-bench-services` (weft's Service proxy against kube-proxy's
 //! iptables rules).
 
+pub mod dns;
 pub mod driver;
 pub mod lab;
 pub mod report;

@@ -576,9 +576,10 @@ pub fn slim(o: Object) -> Option<Object> {
     Some(match o {
         Object::Node(_) | Object::NetworkPolicy(_) => return None,
         Object::Namespace(n) => {
-            let mut out = k8s_openapi::api::core::v1::Namespace::default();
-            out.metadata = meta(&n.metadata, false);
-            Object::Namespace(Arc::new(out))
+            Object::Namespace(Arc::new(k8s_openapi::api::core::v1::Namespace {
+                metadata: meta(&n.metadata, false),
+                ..Default::default()
+            }))
         }
         Object::Service(s) => {
             let mut out = Service {
