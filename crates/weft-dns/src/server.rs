@@ -108,6 +108,8 @@ pub fn spawn_udp(
 
 /// Datagrams taken (and answers sent) per system call under load.
 const BATCH: usize = 32;
+/// The longest UDP query read whole.
+const MAX_UDP_QUERY: usize = 4096;
 
 fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
@@ -131,7 +133,9 @@ fn udp_worker(
     use std::os::fd::AsRawFd;
     let fd = sock.as_raw_fd();
     let mut local = Local::new(cell);
-    let mut bufs = vec![vec![0u8; 65535]; BATCH];
+    // Queries are small: a datagram longer than this is cut short and
+    // answered FORMERR. (EDNS sizes are about answers, not queries.)
+    let mut bufs = vec![vec![0u8; MAX_UDP_QUERY]; BATCH];
     let mut rx_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut tx_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut got: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);

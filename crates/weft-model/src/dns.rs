@@ -622,8 +622,9 @@ pub fn slim(o: Object) -> Option<Object> {
                     None => packed[usize::from(ready)].extend(ep.addresses.iter().cloned()),
                 }
             }
-            for (ready, addresses) in packed.into_iter().enumerate() {
+            for (ready, mut addresses) in packed.into_iter().enumerate() {
                 if !addresses.is_empty() {
+                    addresses.shrink_to_fit();
                     endpoints.push(Endpoint {
                         addresses,
                         conditions: Some(EndpointConditions {
@@ -634,6 +635,9 @@ pub fn slim(o: Object) -> Option<Object> {
                     });
                 }
             }
+            // Held for as long as the slice lives: no spare capacity (an
+            // `Endpoint` is some 350 bytes).
+            endpoints.shrink_to_fit();
             Object::EndpointSlice(Arc::new(EndpointSlice {
                 metadata: ObjectMeta {
                     labels: service_label,

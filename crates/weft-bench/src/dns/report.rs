@@ -227,8 +227,8 @@ pub fn markdown(m: &Meta, r: &Results) -> String {
         s,
         "QPS per core: answers divided by the server's own CPU time during the run (utime + stime \
          of all its threads, /proc/<pid>/stat; {}). dnsperf needs CPU too and shares the cores, \
-         so raw QPS is bounded by the client as much as by the servers (neither keeps a whole \
-         core busy); CPU time is what each server spent per answer.\n",
+         so raw QPS is bounded by the client as much as by the servers; CPU time is what each \
+         server spent per answer.\n",
         r.memory
             .iter()
             .map(|m| match m.threads {
