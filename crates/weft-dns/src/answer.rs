@@ -48,6 +48,9 @@ pub struct Answers {
     soa: Record,
     /// Forwarding is on: RA is set, names outside the zone go upstream.
     forward: bool,
+    /// False until the first full sync: the zone's own names get SERVFAIL
+    /// (not a wrong NXDOMAIN), while other names are forwarded as usual.
+    synced: bool,
 }
 
 fn fqdn(name: &str) -> Option<Name> {
@@ -84,6 +87,15 @@ impl Answers {
             origin,
             soa,
             forward,
+            synced: true,
+        }
+    }
+
+    /// What is served before the first sync (see `synced`).
+    pub fn unsynced(zone: Zone, forward: bool) -> Answers {
+        Answers {
+            synced: false,
+            ..Answers::new(zone, 0, forward)
         }
     }
 
@@ -134,6 +146,9 @@ impl Answers {
             } else {
                 self.error(id, op, ResponseCode::Refused, Some(&msg))
             };
+        }
+        if !self.synced {
+            return self.error(id, op, ResponseCode::ServFail, Some(&msg));
         }
         let qtype = q.query_type();
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
@@ -286,9 +301,11 @@ pub fn response_to(req: &Message, recursion_available: bool) -> Message {
     r.metadata.checking_disabled = req.metadata.checking_disabled;
     r.metadata.recursion_available = recursion_available;
     r.queries = req.queries.clone();
-    if req.edns.is_some() {
+    if let Some(q) = &req.edns {
         let mut e = Edns::new();
         e.set_max_payload(EDNS_PAYLOAD);
+        // RFC 3225: the DO bit of the query is copied into the response.
+        e.set_dnssec_ok(q.flags().dnssec_ok);
         r.edns = Some(e);
     }
     r

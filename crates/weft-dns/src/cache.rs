@@ -119,7 +119,15 @@ impl Cache {
             })?;
             soa.min(self.max_neg_ttl)
         } else {
-            m.answers.iter().map(|r| r.ttl).min()?.min(self.max_ttl)
+            // Every section counts: a short-lived additional record must
+            // not outlive its TTL in the cache (as CoreDNS's MinimalTTL).
+            let answers = m.answers.iter().map(|r| r.ttl).min()?;
+            m.authorities
+                .iter()
+                .chain(&m.additionals)
+                .map(|r| r.ttl)
+                .fold(answers, u32::min)
+                .min(self.max_ttl)
         };
         (ttl > 0).then_some(ttl)
     }

@@ -86,10 +86,14 @@ impl DnsConfig {
             }
             // Forwarding to ourselves would loop.
             let listen = self.listen.clone();
+            // (A wildcard listen answers on loopback of its own family.)
             self.upstreams.retain(|u| {
                 !listen.iter().any(|l| {
                     l.port() == u.port()
-                        && (l.ip() == u.ip() || l.ip().is_unspecified() && u.ip().is_loopback())
+                        && (l.ip() == u.ip()
+                            || (l.ip().is_unspecified()
+                                && u.ip().is_loopback()
+                                && l.is_ipv4() == u.is_ipv4()))
                 })
             });
             if self.upstreams.is_empty() {
@@ -101,6 +105,16 @@ impl DnsConfig {
         }
         if self.threads == 0 {
             return Err(DnsError::Config("--threads must be at least 1".into()));
+        }
+        if !(1..=1_000_000).contains(&self.max_concurrent) {
+            return Err(DnsError::Config(
+                "--max-concurrent must be between 1 and 1000000".into(),
+            ));
+        }
+        if self.upstream_timeout < Duration::from_millis(10) {
+            return Err(DnsError::Config(
+                "--upstream-timeout-ms must be at least 10".into(),
+            ));
         }
         Ok(self)
     }
@@ -171,6 +185,14 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
     let cfg = cfg.validate()?;
     let metrics = Arc::new(Metrics::default());
     let cell = Arc::new(ZoneCell::default());
+    let zone_cfg = ZoneConfig {
+        zone: cfg.zone.clone(),
+        ttl: cfg.ttl,
+    };
+    cell.set(answer::Answers::unsynced(
+        weft_model::dns::compile(&ClusterState::default(), &zone_cfg),
+        cfg.forward,
+    ));
     let latest: Arc<Latest<ClusterState>> = Arc::new(Latest::default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -197,8 +219,11 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tcp = Vec::new();
     for addr in &cfg.listen {
-        let l = rt
-            .block_on(tokio::net::TcpListener::bind(addr))
+        let l = server::tcp_listener(*addr)
+            .and_then(|l| {
+                let _guard = rt.enter();
+                tokio::net::TcpListener::from_std(l)
+            })
             .map_err(|e| DnsError::Io(format!("listen tcp {addr}: {e}")))?;
         tcp.push(l);
     }
@@ -261,10 +286,6 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
             ));
         }
     }
-    let zone_cfg = ZoneConfig {
-        zone: cfg.zone.clone(),
-        ttl: cfg.ttl,
-    };
     tracing::info!(zone = %cfg.zone, listen = ?cfg.listen, "weft dns started");
     compile_loop(&latest, &zone_cfg, cfg.forward, &cell, &metrics);
     Ok(())

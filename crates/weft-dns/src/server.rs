@@ -191,9 +191,9 @@ fn udp_worker(
         }
         let iovs: Vec<[IoSlice; 1]> = replies.iter().map(|r| [IoSlice::new(&r.0)]).collect();
         let addrs: Vec<Option<SockaddrStorage>> = replies.iter().map(|r| Some(r.1)).collect();
-        // sendmmsg may stop early (an error after the first datagram);
-        // the rest go in the next call. An error on the first is dropped
-        // answers, as a busy server's kernel drops queries: clients retry.
+        // sendmmsg stops at the first datagram it cannot send (a reply
+        // refused by a firewall, an unreachable client): skip that one
+        // and send the rest, so one client cannot cost the others theirs.
         let mut sent = 0;
         while sent < iovs.len() {
             match sendmmsg(
@@ -206,14 +206,16 @@ fn udp_worker(
             ) {
                 Ok(r) => match r.count() {
                     0 => break,
-                    n => sent += n,
+                    n => {
+                        let took = started.elapsed();
+                        for r in &replies[sent..sent + n] {
+                            metrics.response(r.2, took);
+                        }
+                        sent += n;
+                    }
                 },
-                Err(_) => break,
+                Err(_) => sent += 1,
             }
-        }
-        let took = started.elapsed();
-        for r in &replies {
-            metrics.response(r.2, took);
         }
     }
 }
@@ -238,6 +240,27 @@ pub async fn udp_forwarder(
 
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Open TCP connections at most; more are closed at once, so that idle or
+/// stalled clients cannot use up the process's file descriptors.
+const TCP_MAX_CONNS: usize = 1024;
+/// The longest query taken over TCP (queries are small; answers may be
+/// up to 64 KiB).
+const TCP_MAX_QUERY: usize = 16 * 1024;
+
+/// A TCP listener on `addr`; an IPv6 one is IPv6-only, as the UDP sockets
+/// are, so `[::]:53` and `0.0.0.0:53` can both be given.
+pub fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
 
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
@@ -245,6 +268,7 @@ pub async fn serve_tcp(
     fwd: Option<Arc<Forwarder>>,
     metrics: Arc<Metrics>,
 ) {
+    let conns = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -254,9 +278,14 @@ pub async fn serve_tcp(
                 continue;
             }
         };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let (cell, fwd, metrics) = (cell.clone(), fwd.clone(), metrics.clone());
         tokio::spawn(async move {
             let _ = tcp_conn(stream, &cell, fwd.as_deref(), &metrics).await;
+            drop(permit);
         });
     }
 }
@@ -267,16 +296,20 @@ async fn tcp_conn(
     fwd: Option<&Forwarder>,
     metrics: &Metrics,
 ) -> std::io::Result<()> {
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
     let mut buf = Vec::new();
     loop {
         let len = match tokio::time::timeout(TCP_IDLE, s.read_u16()).await {
             Ok(Ok(n)) => n as usize,
             _ => return Ok(()),
         };
+        if len > TCP_MAX_QUERY {
+            return Ok(());
+        }
         buf.resize(len, 0);
         tokio::time::timeout(TCP_IDLE, s.read_exact(&mut buf))
             .await
-            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+            .map_err(|_| timed_out())??;
         let started = Instant::now();
         metrics.requests_tcp.fetch_add(1, Relaxed);
         let Some(answers) = cell.get() else {
@@ -295,7 +328,10 @@ async fn tcp_conn(
         let mut framed = Vec::with_capacity(bytes.len() + 2);
         framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
         framed.extend_from_slice(&bytes);
-        s.write_all(&framed).await?;
+        // A client that stops reading is dropped, not waited for.
+        tokio::time::timeout(TCP_IDLE, s.write_all(&framed))
+            .await
+            .map_err(|_| timed_out())??;
         metrics.response(u16::from(rcode), started.elapsed());
     }
 }

@@ -360,3 +360,62 @@ fn large_udp_answers_are_truncated_and_whole_over_tcp() {
     assert!(!r.metadata.truncation);
     assert_eq!(r.answers.len(), 100);
 }
+
+#[test]
+fn before_the_first_sync_the_zone_is_servfail_and_the_rest_forwarded() {
+    let empty = compile(
+        &ClusterState::default(),
+        &ZoneConfig {
+            zone: "cluster.local".into(),
+            ttl: 5,
+        },
+    );
+    let a = Answers::unsynced(empty, true);
+    let r = udp(&a, "web.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    let m = query("www.example.test.", RecordType::A, false);
+    assert!(matches!(
+        a.answer(&m.to_vec().unwrap(), Transport::Udp),
+        Outcome::Forward(_)
+    ));
+}
+
+#[test]
+fn the_do_bit_is_echoed() {
+    let a = answers(CLUSTER, true);
+    let mut m = query("web.default.svc.cluster.local.", RecordType::A, true);
+    m.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let r = ask(&a, &m, Transport::Udp);
+    assert!(r.edns.expect("edns").flags().dnssec_ok);
+}
+
+#[test]
+fn config_refuses_forwarding_to_itself_and_bad_limits() {
+    let cfg = |listen: &str, up: &str| weft_dns::DnsConfig {
+        source: weft_dns::Source::Dir("/nonexistent".into()),
+        zone: "cluster.local".into(),
+        ttl: 5,
+        listen: vec![listen.parse().unwrap()],
+        http: None,
+        upstreams: vec![up.parse().unwrap()],
+        resolv_conf: "/nonexistent".into(),
+        forward: true,
+        threads: 1,
+        cache_size: 10,
+        cache_max_ttl: 3600,
+        cache_max_neg_ttl: 1800,
+        max_concurrent: 10,
+        upstream_timeout: std::time::Duration::from_secs(1),
+    };
+    assert!(cfg("127.0.0.1:53", "127.0.0.1:53").validate().is_err());
+    assert!(cfg("0.0.0.0:53", "127.0.0.1:53").validate().is_err());
+    // An IPv6-only wildcard does not answer on 127.0.0.1.
+    assert!(cfg("[::]:53", "127.0.0.1:53").validate().is_ok());
+    assert!(cfg("127.0.0.1:5300", "127.0.0.1:53").validate().is_ok());
+    let mut c = cfg("127.0.0.1:5300", "127.0.0.1:53");
+    c.max_concurrent = 0;
+    assert!(c.validate().is_err());
+    let mut c = cfg("127.0.0.1:5300", "127.0.0.1:53");
+    c.listen.clear();
+    assert!(c.validate().is_err(), "no default listen address");
+}

@@ -305,6 +305,10 @@ impl Zone {
 struct Endpoint {
     addrs: Vec<IpAddr>,
     hostname: Option<String>,
+    /// Its slice's named ports (an index into the port groups): slices
+    /// differ in port numbers when a named targetPort resolves
+    /// differently per pod, so each endpoint keeps its own slice's.
+    ports: usize,
 }
 
 /// A port of a headless Service's endpoints, for SRV.
@@ -425,10 +429,10 @@ fn service(z: &mut Zone, ix: &Index, svc: &Service) {
         }
         return;
     }
-    // Headless: the service name exists even with no endpoint (NODATA).
-    z.node(fqdn.clone());
+    // Headless: the name exists only with a published endpoint; with none
+    // it is NXDOMAIN (spec 2.4.1, as kube-dns and CoreDNS answer).
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
-    let (endpoints, ports) = headless_endpoints(ix, svc, ns, name, publish_not_ready);
+    let (endpoints, port_groups) = headless_endpoints(ix, svc, ns, name, publish_not_ready);
     let count: usize = endpoints
         .iter()
         .map(|e| {
@@ -455,7 +459,7 @@ fn service(z: &mut Zone, ix: &Index, svc: &Service) {
                 z.add_ip(&host_fqdn, *ip);
                 z.add_ptr(*ip, &host_fqdn);
             }
-            for p in &ports {
+            for p in &port_groups[e.ports] {
                 let srv = Srv {
                     priority: 0,
                     weight,
@@ -479,9 +483,9 @@ fn headless_endpoints(
     ns: &str,
     name: &str,
     publish_not_ready: bool,
-) -> (Vec<Endpoint>, Vec<NamedPort>) {
+) -> (Vec<Endpoint>, Vec<Vec<NamedPort>>) {
     let mut eps = Vec::new();
-    let mut ports = Vec::new();
+    let mut groups = Vec::new();
     let named = |n: Option<&str>, proto: Option<&str>, port: Option<i32>| {
         let n = n.filter(|n| !n.is_empty())?;
         Some(NamedPort {
@@ -492,16 +496,13 @@ fn headless_endpoints(
     };
     if let Some(slices) = ix.slices.get(&(ns, name)) {
         for s in slices {
-            for p in s.ports.iter().flatten() {
-                if let Some(np) = named(p.name.as_deref(), p.protocol.as_deref(), p.port) {
-                    if !ports
-                        .iter()
-                        .any(|q: &NamedPort| q.name == np.name && q.proto == np.proto)
-                    {
-                        ports.push(np);
-                    }
-                }
-            }
+            let ports: Vec<NamedPort> = s
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| named(p.name.as_deref(), p.protocol.as_deref(), p.port))
+                .collect();
+            groups.push(ports);
             for e in &s.endpoints {
                 let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 if !ready && !publish_not_ready {
@@ -510,10 +511,11 @@ fn headless_endpoints(
                 eps.push(Endpoint {
                     addrs: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
                     hostname: e.hostname.clone(),
+                    ports: groups.len() - 1,
                 });
             }
         }
-        return (eps, ports);
+        return (eps, groups);
     }
     let Some(sel) = svc
         .spec
@@ -521,8 +523,9 @@ fn headless_endpoints(
         .and_then(|s| s.selector.as_ref())
         .filter(|s| !s.is_empty())
     else {
-        return (eps, ports);
+        return (eps, groups);
     };
+    let mut ports = Vec::new();
     for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
         // Pods' target ports could differ per pod; the SRV port is the
         // numeric target when there is one, as the slice would carry it.
@@ -551,9 +554,11 @@ fn headless_endpoints(
         eps.push(Endpoint {
             addrs: st.addrs,
             hostname,
+            ports: 0,
         });
     }
-    (eps, ports)
+    groups.push(ports);
+    (eps, groups)
 }
 
 /// What the DNS server keeps of an object: only the fields the zone is
@@ -856,6 +861,60 @@ endpoints:
         let srv = &found(&z, "_pg._tcp.db.prod.svc.cluster.local").srv();
         assert_eq!((srv.len(), srv[0].port), (1, 6432));
         assert_eq!(&*srv[0].target, "primary.db.prod.svc.cluster.local");
+    }
+
+    #[test]
+    fn a_headless_service_without_ready_endpoints_is_nxdomain() {
+        let z = zone(
+            &CLUSTER
+                .replace(
+                    "status: {phase: Running, podIP: 10.244.1.5}",
+                    "status: {phase: Pending}",
+                )
+                .replace(
+                    "status: {phase: Running, podIP: 10.244.1.6}",
+                    "status: {phase: Pending}",
+                ),
+        );
+        assert_eq!(z.lookup("db.prod.svc.cluster.local"), Lookup::NxDomain);
+        assert_eq!(
+            z.lookup("_pg._tcp.db.prod.svc.cluster.local"),
+            Lookup::NxDomain
+        );
+    }
+
+    #[test]
+    fn srv_ports_come_from_each_endpoints_own_slice() {
+        let slice = |n: &str, port: u16, ip: &str| {
+            format!(
+                "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {n}, namespace: prod, labels: {{kubernetes.io/service-name: db}}}}
+addressType: IPv4
+ports: [{{name: pg, port: {port}, protocol: TCP}}]
+endpoints: [{{addresses: [{ip}]}}]
+"
+            )
+        };
+        let z = zone(&format!(
+            "{CLUSTER}{}{}",
+            slice("a", 8080, "10.244.9.1"),
+            slice("b", 9090, "10.244.9.2")
+        ));
+        let mut got: Vec<(u16, String)> = found(&z, "_pg._tcp.db.prod.svc.cluster.local")
+            .srv()
+            .iter()
+            .map(|s| (s.port, s.target.to_string()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (8080, "10-244-9-1.db.prod.svc.cluster.local".to_string()),
+                (9090, "10-244-9-2.db.prod.svc.cluster.local".to_string())
+            ]
+        );
     }
 
     #[test]
