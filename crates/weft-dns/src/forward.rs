@@ -39,7 +39,16 @@ pub struct Forwarder {
     permits: Arc<Semaphore>,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    /// A random name asked of every upstream at start: if it comes back
+    /// to us as a client query, the upstreams lead back here (a node's
+    /// resolv.conf naming the cluster DNS), as CoreDNS's `loop` plugin
+    /// finds. The loop is then cut (REFUSED) and reported.
+    loop_probe: Name,
+    loop_seen: AtomicU32,
 }
+
+/// Times the probe may come back before it counts as a loop.
+const LOOP_LIMIT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
@@ -75,6 +84,27 @@ impl Forwarder {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             timeout,
             metrics,
+            loop_probe: loop_probe_name(),
+            loop_seen: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether a forwarding loop was found (see `loop_probe`).
+    pub fn loop_detected(&self) -> bool {
+        self.loop_seen.load(Relaxed) > LOOP_LIMIT
+    }
+
+    /// The loop probe's question (HINFO, as CoreDNS's).
+    pub fn loop_probe(&self) -> Query {
+        Query::query(self.loop_probe.clone(), RecordType::HINFO)
+    }
+
+    /// Sends the loop probe to every upstream once; answers do not matter,
+    /// only whether the probe reaches `resolve` again.
+    pub async fn probe_for_loops(&self) {
+        let q = self.loop_probe();
+        for u in &self.upstreams {
+            let _ = exchange(u.addr, &q, false, self.timeout).await;
         }
     }
 
@@ -97,6 +127,17 @@ impl Forwarder {
             None => req.queries[0].clone(),
         };
         let mut resp = response_to(req, true);
+        if question.name().to_lowercase() == self.loop_probe {
+            let seen = self.loop_seen.fetch_add(1, Relaxed) + 1;
+            if seen > LOOP_LIMIT {
+                if seen == LOOP_LIMIT + 1 {
+                    let ups: Vec<SocketAddr> = self.upstreams.iter().map(|u| u.addr).collect();
+                    tracing::error!(upstreams = ?ups, "forwarding loop: a query sent upstream came back to this server; /health now fails");
+                }
+                resp.metadata.response_code = ResponseCode::Refused;
+                return finish(resp, req, transport);
+            }
+        }
         // An ExternalName's CNAME is the zone's own data: the answer is
         // authoritative, as CoreDNS marks it.
         resp.metadata.authoritative = f.cname.is_some();
@@ -202,6 +243,13 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// `<random>.<random>.weft-loop-check.` (lower-case, like the cache keys).
+fn loop_probe_name() -> Name {
+    let r = Message::query().metadata.id as u32 * 65_536 + Message::query().metadata.id as u32;
+    Name::from_ascii(format!("{r}.{}.weft-loop-check.", r.rotate_left(13)))
+        .unwrap_or_else(|_| Name::root())
 }
 
 fn upstream_message(q: &Query, dnssec_ok: bool) -> Message {

@@ -169,9 +169,13 @@ fn compile_loop(
     }
 }
 
-fn route(metrics: Arc<Metrics>) -> weft_agent::http::Route {
+fn route(metrics: Arc<Metrics>, fwd: Option<Arc<forward::Forwarder>>) -> weft_agent::http::Route {
     use hyper::StatusCode;
     Arc::new(move |path: &str| match path {
+        "/health" | "/healthz" if fwd.as_ref().is_some_and(|f| f.loop_detected()) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "forwarding loop: the upstreams lead back to this server\n".into(),
+        ),
         "/health" | "/healthz" => (StatusCode::OK, "OK\n".into()),
         "/ready" if metrics.ready.load(Relaxed) == 1 => (StatusCode::OK, "OK\n".into()),
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".into()),
@@ -212,6 +216,13 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
     if let Some(f) = &forwarder {
         tracing::info!(upstreams = ?cfg.upstreams, "forwarding names outside the zone");
         rt.spawn(f.clone().health_checks());
+        // After the listeners are up (they bind before the runtime runs
+        // anything else), so a looping probe can come back to them.
+        let f = f.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            f.probe_for_loops().await;
+        });
     }
 
     // Bind everything before serving anything, so that a bad address
@@ -253,7 +264,7 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
         None => drop(rx),
     }
     if let Some(addr) = cfg.http {
-        let r = route(metrics.clone());
+        let r = route(metrics.clone(), forwarder.clone());
         rt.spawn(async move {
             if let Err(e) = weft_agent::http::serve_fn(addr, r).await {
                 tracing::error!(%addr, error = %e, "http server failed");

@@ -814,3 +814,38 @@ nameserver 127.0.0.1:5353
     assert!(weft_dns::resolv_conf_nameservers("").is_empty());
     assert!(weft_dns::resolv_conf_nameservers("options rotate\n").is_empty());
 }
+
+/// An upstream that is this server again (a node resolv.conf naming the
+/// cluster DNS): every query it receives is resolved by the same
+/// forwarder. The start-up probe comes back, the loop is cut with
+/// REFUSED, and it is reported.
+#[tokio::test]
+async fn a_forwarding_loop_is_cut_and_reported() {
+    let metrics = Arc::new(Metrics::default());
+    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = sock.local_addr().unwrap();
+    let f = Arc::new(forwarder(&[addr], cache(), &metrics));
+    let a = Arc::new(answers());
+    let (f2, a2, s2) = (f.clone(), a.clone(), sock.clone());
+    let server = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, peer) = s2.recv_from(&mut buf).await.unwrap();
+            let bytes = buf[..n].to_vec();
+            let (f3, a3, s3) = (f2.clone(), a2.clone(), s2.clone());
+            tokio::spawn(async move {
+                if let Outcome::Forward(req) = a3.answer(&bytes, Transport::Udp) {
+                    if let Outcome::Reply(r, _) = f3.resolve(*req, Transport::Udp).await {
+                        let _ = s3.send_to(&r, peer).await;
+                    }
+                }
+            });
+        }
+    });
+    assert!(!f.loop_detected());
+    f.probe_for_loops().await;
+    assert!(f.loop_detected());
+    let probe = f.loop_probe();
+    assert!(probe.name().to_ascii().ends_with(".weft-loop-check."));
+    server.abort();
+}
