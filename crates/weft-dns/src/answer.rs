@@ -327,6 +327,16 @@ pub fn finish(mut resp: Message, req: &Message, transport: Transport) -> Outcome
         return Outcome::Drop;
     };
     if transport == Transport::Udp && bytes.len() > udp_limit(req) {
+        // RFC 2181 9: additional data that does not fit is left out
+        // without setting TC; only answers that do not fit truncate.
+        if !resp.additionals.is_empty() {
+            resp.additionals.clear();
+            if let Ok(b) = resp.to_vec() {
+                if b.len() <= udp_limit(req) {
+                    return Outcome::Reply(b, rcode);
+                }
+            }
+        }
         resp.answers.clear();
         resp.authorities.clear();
         resp.additionals.clear();

@@ -419,3 +419,36 @@ fn config_refuses_forwarding_to_itself_and_bad_limits() {
     c.listen.clear();
     assert!(c.validate().is_err(), "no default listen address");
 }
+
+#[test]
+fn additional_records_that_do_not_fit_are_left_out_without_tc() {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: big}\nspec: {clusterIP: None, selector: {app: big}, ports: [{name: http, port: 80}]}\n",
+    );
+    for i in 0..12 {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: big}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.244.2.{i}}}\n"
+        ));
+    }
+    let a = answers(&yaml, true);
+    let mut whole_without_extra = false;
+    for size in (512..1600).step_by(8) {
+        let mut m = query(
+            "_http._tcp.big.default.svc.cluster.local.",
+            RecordType::SRV,
+            true,
+        );
+        m.edns.as_mut().unwrap().set_max_payload(size);
+        let r = ask(&a, &m, Transport::Udp);
+        if r.metadata.truncation {
+            assert!(r.answers.is_empty(), "{size}");
+        } else {
+            assert_eq!(r.answers.len(), 12, "{size}: answers are whole or TC");
+            whole_without_extra |= r.additionals.is_empty();
+        }
+    }
+    assert!(
+        whole_without_extra,
+        "some size fits the answers but not the additional addresses"
+    );
+}
