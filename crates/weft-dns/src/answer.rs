@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use std::net::IpAddr;
-use weft_model::dns::{normalize, Lookup, Node, Rdata, Zone};
+use weft_model::dns::{Lookup, Node, Rdata, Zone};
 
 /// The EDNS payload size weft advertises (the DNS flag day 2020 value).
 pub const EDNS_PAYLOAD: u16 = 1232;
@@ -51,6 +51,17 @@ pub struct Answers {
     /// False until the first full sync: the zone's own names get SERVFAIL
     /// (not a wrong NXDOMAIN), while other names are forwarded as usual.
     synced: bool,
+}
+
+/// A name as the zone keys it (`weft_model::dns::normalize`), in one
+/// allocation: this runs for every query.
+pub fn zone_key(name: &Name) -> String {
+    let mut s = name.to_ascii();
+    s.make_ascii_lowercase();
+    if s.ends_with('.') {
+        s.pop();
+    }
+    s
 }
 
 fn fqdn(name: &str) -> Option<Name> {
@@ -126,7 +137,7 @@ impl Answers {
             return self.error(id, op, ResponseCode::BADVERS, Some(&msg));
         }
         let q = &msg.queries[0];
-        let name = normalize(&q.name().to_lowercase().to_ascii());
+        let name = zone_key(q.name());
         if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY {
             return self.error(id, op, ResponseCode::Refused, Some(&msg));
         }
@@ -163,8 +174,9 @@ impl Answers {
         let owner = q.name().clone();
         match lookup {
             Lookup::Found(node) => {
-                if let Some(target) = node.cname() {
-                    let cname = fqdn(target).map(|t| {
+                if let Some(key) = node.cname() {
+                    // The zone keeps the target normalized: it is its own key.
+                    let cname = fqdn(key).map(|t| {
                         (
                             Record::from_rdata(
                                 owner.clone(),
@@ -177,12 +189,9 @@ impl Answers {
                     if let Some((rec, target)) = cname {
                         if qtype == RecordType::CNAME {
                             resp.answers.push(rec);
-                        } else if self.zone.contains(&normalize(target.to_ascii().as_str())) {
+                        } else if self.zone.contains(key) {
                             resp.answers.push(rec);
-                            if let Lookup::Found(t) = self
-                                .zone
-                                .lookup(&normalize(&target.to_lowercase().to_ascii()))
-                            {
+                            if let Lookup::Found(t) = self.zone.lookup(key) {
                                 self.records(t, &target, qtype, &mut resp.answers);
                             }
                         } else if self.forward {
@@ -259,8 +268,7 @@ impl Answers {
         for r in answers {
             if let RData::SRV(s) = &r.data {
                 let t = &s.target;
-                if let Lookup::Found(n) = self.zone.lookup(&normalize(&t.to_lowercase().to_ascii()))
-                {
+                if let Lookup::Found(n) = self.zone.lookup(&zone_key(t)) {
                     self.records(n, t, RecordType::A, out);
                     self.records(n, t, RecordType::AAAA, out);
                 }

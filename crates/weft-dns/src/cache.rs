@@ -20,7 +20,7 @@ pub struct Key {
 impl Key {
     pub fn of(q: &Query) -> Key {
         Key {
-            name: q.name().to_lowercase().to_ascii(),
+            name: crate::answer::zone_key(q.name()),
             qtype: u16::from(q.query_type()),
             qclass: u16::from(q.query_class()),
             dnssec_ok: false,

@@ -71,68 +71,59 @@ impl Node {
         self.records.is_empty()
     }
 
-    pub fn a(&self) -> Vec<Ipv4Addr> {
-        self.records
-            .iter()
-            .filter_map(|r| match r {
-                Rdata::A(a) => Some(*a),
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub fn aaaa(&self) -> Vec<Ipv6Addr> {
-        self.records
-            .iter()
-            .filter_map(|r| match r {
-                Rdata::Aaaa(a) => Some(*a),
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub fn srv(&self) -> Vec<&Srv> {
-        self.records
-            .iter()
-            .filter_map(|r| match r {
-                Rdata::Srv(s) => Some(s),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn names(&self, f: fn(&Rdata) -> Option<&str>) -> Vec<&str> {
+    /// The data of the records `f` picks, in order.
+    fn pick<'a, T>(&'a self, f: fn(&'a Rdata) -> Option<T>) -> Vec<T> {
         self.records.iter().filter_map(f).collect()
     }
 
+    pub fn a(&self) -> Vec<Ipv4Addr> {
+        self.pick(|r| match r {
+            Rdata::A(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    pub fn aaaa(&self) -> Vec<Ipv6Addr> {
+        self.pick(|r| match r {
+            Rdata::Aaaa(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    pub fn srv(&self) -> Vec<&Srv> {
+        self.pick(|r| match r {
+            Rdata::Srv(s) => Some(s),
+            _ => None,
+        })
+    }
+
     pub fn ptr(&self) -> Vec<&str> {
-        self.names(|r| match r {
+        self.pick(|r| match r {
             Rdata::Ptr(t) => Some(t),
             _ => None,
         })
     }
 
     pub fn txt(&self) -> Vec<&str> {
-        self.names(|r| match r {
+        self.pick(|r| match r {
             Rdata::Txt(t) => Some(t),
             _ => None,
         })
     }
 
     pub fn ns(&self) -> Vec<&str> {
-        self.names(|r| match r {
+        self.pick(|r| match r {
             Rdata::Ns(t) => Some(t),
             _ => None,
         })
     }
 
+    /// The CNAME target, if the name is an alias (one at most).
     pub fn cname(&self) -> Option<&str> {
-        self.names(|r| match r {
-            Rdata::Cname(t) => Some(t),
+        self.records.iter().find_map(|r| match r {
+            Rdata::Cname(t) => Some(&**t),
             _ => None,
         })
-        .first()
-        .copied()
     }
 
     pub fn soa(&self) -> bool {
