@@ -9,6 +9,7 @@
 //! `weft-bench-services` (weft's Service proxy against kube-proxy's
 //! iptables rules).
 
+pub mod cli;
 pub mod dns;
 pub mod driver;
 pub mod lab;
@@ -44,18 +45,6 @@ pub struct Options {
 /// a burst of deletions) is not billed to the next phase.
 const SETTLE: Duration = Duration::from_millis(100);
 
-fn require_root() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next());
-    if uid != Some("0") {
-        bail!("weft-bench needs root: it creates network namespaces, bridges and veths");
-    }
-    Ok(())
-}
-
 fn require_file(p: &Path, what: &str) -> Result<()> {
     if !p.is_file() {
         bail!("{what} not found at {}", p.display());
@@ -64,7 +53,10 @@ fn require_file(p: &Path, what: &str) -> Result<()> {
 }
 
 fn preflight(o: &Options) -> Result<()> {
-    require_root()?;
+    cli::require_root(
+        "weft-bench",
+        "it creates network namespaces, bridges and veths",
+    )?;
     if o.pods == 0 || o.parallel == 0 || o.rounds == 0 {
         bail!("--pods, --parallel and --rounds must be at least 1");
     }

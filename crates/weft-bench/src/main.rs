@@ -39,20 +39,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weft-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    weft_bench::cli::init_logs();
+    weft_bench::cli::exit("weft-bench", run(args), false, "")
 }
 
 fn run(a: Args) -> Result<()> {

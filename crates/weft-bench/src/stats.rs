@@ -18,6 +18,32 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The median (mean of the two middle values for an even count); None for
+/// no samples.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut x = v.to_vec();
+    x.sort_by(f64::total_cmp);
+    let n = x.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(x[n / 2]),
+        _ => Some((x[n / 2 - 1] + x[n / 2]) / 2.0),
+    }
+}
+
+/// The nearest-rank percentile `q` (0–100): the smallest sample with at
+/// least q% of the samples at or below it; None for no samples.
+pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
+    let mut x = v.to_vec();
+    x.sort_by(f64::total_cmp);
+    if x.is_empty() {
+        return None;
+    }
+    // q·n/100 in that order: exact for whole q and n (0.9·30 is not).
+    let rank = (q * x.len() as f64 / 100.0).ceil().max(1.0) as usize;
+    Some(x[rank.min(x.len()) - 1])
+}
+
 /// The median (mean of the two middle values for an even count) and the
 /// nearest-rank 90th percentile: the smallest sample with at least 90% of
 /// the samples at or below it. `None` for no samples.
@@ -28,16 +54,10 @@ pub fn summarize(samples: &[Duration]) -> Option<Summary> {
     let mut v: Vec<f64> = samples.iter().copied().map(ms).collect();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = (n * 9).div_ceil(10).max(1);
     Some(Summary {
         n,
-        median_ms: median,
-        p90_ms: v[rank - 1],
+        median_ms: median(&v)?,
+        p90_ms: percentile(&v, 90.0)?,
         mean_ms: v.iter().sum::<f64>() / n as f64,
         min_ms: v[0],
         max_ms: v[n - 1],

@@ -74,26 +74,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    weft_bench::cli::init_logs();
     let stop = Arc::new(AtomicBool::new(false));
-    match run(args, &stop) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // A signal makes whatever was running fail; say what happened.
-            if stop.load(Ordering::Relaxed) {
-                eprintln!("weft-bench-dns: interrupted; namespace and files removed");
-            } else {
-                eprintln!("weft-bench-dns: {e:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    let r = run(args, &stop);
+    weft_bench::cli::exit(
+        "weft-bench-dns",
+        r,
+        stop.load(Ordering::Relaxed),
+        "namespace and files",
+    )
 }
 
 /// The first line of `cmd arg`'s output (stdout or stderr).

@@ -67,25 +67,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // A signal makes whatever was running fail; say what happened.
-            if services::ns::stop_flag().load(std::sync::atomic::Ordering::Relaxed) {
-                eprintln!("weft-bench-services: interrupted; namespaces and files removed");
-            } else {
-                eprintln!("weft-bench-services: {e:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    weft_bench::cli::init_logs();
+    let r = run(args);
+    weft_bench::cli::exit(
+        "weft-bench-services",
+        r,
+        services::ns::stop_flag().load(std::sync::atomic::Ordering::Relaxed),
+        "namespaces and files",
+    )
 }
 
 fn version(cmd: &str, arg: &str) -> String {

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod report;
 pub mod server;
 
+use crate::cli::{check_stop, require_root};
 use anyhow::{bail, Context, Result};
 use dnsperf::Load;
 use ns::Lab;
@@ -31,7 +32,7 @@ use objects::Cluster;
 use server::{Launch, Server};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 pub const ZONE: &str = "cluster.local";
@@ -188,27 +189,11 @@ pub struct Results {
     pub checks: Vec<Check>,
 }
 
-fn check_stop(stop: &AtomicBool) -> Result<()> {
-    if stop.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn require_root() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next());
-    if uid != Some("0") {
-        bail!("weft-bench-dns needs root: it creates a network namespace to run the servers in");
-    }
-    Ok(())
-}
-
 fn preflight(o: &Options) -> Result<()> {
-    require_root()?;
+    require_root(
+        "weft-bench-dns",
+        "it creates a network namespace to run the servers in",
+    )?;
     if o.subjects.is_empty() {
         bail!("no server to measure");
     }
@@ -330,28 +315,7 @@ fn ticks_to_secs(t: u64, hz: u64) -> f64 {
     t as f64 / hz as f64
 }
 
-/// The median of `v` (mean of the middle two for an even count).
-pub fn median(v: &[f64]) -> Option<f64> {
-    let mut x = v.to_vec();
-    x.sort_by(f64::total_cmp);
-    let n = x.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(x[n / 2]),
-        _ => Some((x[n / 2 - 1] + x[n / 2]) / 2.0),
-    }
-}
-
-/// Nearest-rank percentile `q` (0–100) of `v`.
-pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
-    let mut x = v.to_vec();
-    x.sort_by(f64::total_cmp);
-    if x.is_empty() {
-        return None;
-    }
-    let rank = ((q / 100.0) * x.len() as f64).ceil().max(1.0) as usize;
-    Some(x[rank.min(x.len()) - 1])
-}
+pub use crate::stats::{median, percentile};
 
 /// One dnsperf run against `s` with the server's CPU time around it.
 fn measured_run(

@@ -23,12 +23,13 @@ pub mod ns;
 pub mod objects;
 pub mod report;
 
+use crate::cli::{check_stop, require_root};
 use anyhow::{bail, Context, Result};
 use objects::{Set, SERVER_IPS, TARGET_PORT};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use weft_agent::proxy::ServiceProxy;
@@ -142,25 +143,6 @@ pub const SLOW_NFT: usize = 2000;
 /// kernel worker and should not be billed to the next sample.
 const SETTLE: Duration = Duration::from_millis(300);
 
-fn check_stop(stop: &AtomicBool) -> Result<()> {
-    if stop.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn require_root() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next());
-    if uid != Some("0") {
-        bail!("weft-bench-services needs root: it creates network namespaces and loads rules");
-    }
-    Ok(())
-}
-
 fn require_program(p: &str, hint: &str) -> Result<()> {
     let found = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
@@ -175,7 +157,10 @@ fn require_program(p: &str, hint: &str) -> Result<()> {
 }
 
 fn preflight(o: &Options) -> Result<()> {
-    require_root()?;
+    require_root(
+        "weft-bench-services",
+        "it creates network namespaces and loads rules",
+    )?;
     require_program("nft", "apt-get install nftables")?;
     for f in &o.flavors {
         require_program(f.restore_bin(), "apt-get install iptables")?;

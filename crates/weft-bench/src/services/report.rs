@@ -24,31 +24,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn sorted_ms(v: &[Duration]) -> Vec<f64> {
-    let mut x: Vec<f64> = v.iter().copied().map(ms).collect();
-    x.sort_by(f64::total_cmp);
-    x
+fn as_ms(v: &[Duration]) -> Vec<f64> {
+    v.iter().copied().map(ms).collect()
 }
 
-/// The median (mean of the two middle values for an even count).
+/// The median, in ms (see `stats::median`).
 pub fn median(v: &[Duration]) -> Option<f64> {
-    let x = sorted_ms(v);
-    let n = x.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(x[n / 2]),
-        _ => Some((x[n / 2 - 1] + x[n / 2]) / 2.0),
-    }
+    crate::stats::median(&as_ms(v))
 }
 
-/// Nearest-rank percentile `q` (0–100), in ms.
+/// Nearest-rank percentile `q` (0–100), in ms (see `stats::percentile`).
 pub fn percentile(v: &[Duration], q: f64) -> Option<f64> {
-    let x = sorted_ms(v);
-    if x.is_empty() {
-        return None;
-    }
-    let rank = ((q / 100.0) * x.len() as f64).ceil().max(1.0) as usize;
-    Some(x[rank.min(x.len()) - 1])
+    crate::stats::percentile(&as_ms(v), q)
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
