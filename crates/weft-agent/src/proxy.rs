@@ -71,6 +71,15 @@ impl ServiceProxy {
         }
     }
 
+    /// This node's backends of every Service (`weft_model::bridge`).
+    pub fn local_backends(&self) -> BTreeSet<weft_model::bridge::Endpoint> {
+        self.applied
+            .iter()
+            .flat_map(|a| a.frags.values())
+            .flat_map(|f| f.local_backends.iter().copied())
+            .collect()
+    }
+
     /// Forgets what was sent, so the next sync replaces the whole table.
     pub fn forget(&mut self) {
         self.applied = None;

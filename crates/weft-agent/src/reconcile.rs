@@ -24,8 +24,14 @@ pub struct Reconciler {
     allocs: Option<Allocations>,
     last_egress: Option<String>,
     last_conflist: Option<String>,
+    last_bridge: Option<String>,
+    /// The pod bridge's address, once the agent has made sure of it.
+    bridge_mac: Option<[u8; 6]>,
     proxy: ServiceProxy,
 }
+
+/// The pod bridge the conflist names.
+pub const BRIDGE: &str = "weft0";
 
 fn err(what: &str) -> impl Fn(weft_kernel::KernelError) -> AgentError + '_ {
     move |e| AgentError::Kernel(format!("{what}: {e}"))
@@ -46,6 +52,8 @@ impl Reconciler {
             allocs,
             last_egress: None,
             last_conflist: None,
+            last_bridge: None,
+            bridge_mac: None,
             proxy,
         })
     }
@@ -80,6 +88,8 @@ impl Reconciler {
     pub fn forget(&mut self) {
         self.last_egress = None;
         self.last_conflist = None;
+        self.last_bridge = None;
+        self.bridge_mac = None;
         self.proxy.recheck();
     }
 
@@ -127,10 +137,7 @@ impl Reconciler {
         let (local, underlay_index) = self.local(me.ip)?;
         // A node routes for its pods; make sure the kernel forwards.
         for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
-            let proc = Path::new("/proc/sys");
-            if weft_kernel::sysctl::read(proc, key).ok().as_deref() != Some("1") {
-                weft_kernel::sysctl::write(proc, key, "1").map_err(err("enable forwarding"))?;
-            }
+            ensure_sysctl(key, "1")?;
         }
         let desired = routes::compile(&state, &local, cfg.backend);
         self.apply_routing(&desired, underlay_index)?;
@@ -154,6 +161,7 @@ impl Reconciler {
             Backend::HostGw => local.underlay_mtu,
             Backend::Vxlan { .. } => local.underlay_mtu.saturating_sub(routes::VXLAN_OVERHEAD),
         };
+        self.sync_bridge(snapshot, mtu)?;
         let conflist = conflist(&cfg, &me.pod_cidrs, mtu);
         if self.last_conflist.as_deref() != Some(&conflist) {
             write_atomic(&cfg.cni_conf_dir.join(&cfg.cni_conf_name), &conflist)
@@ -166,6 +174,56 @@ impl Reconciler {
         self.metrics
             .routes
             .store(desired.routes.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// The pod bridge and its fast path (`weft_model::bridge`): the bridge
+    /// is made here, before the conflist that names it, so that its
+    /// address can be pinned before any pod learns it; the reply rule is
+    /// in force before br_netfilter is turned off, so no same-node Service
+    /// reply falls between the two.
+    fn sync_bridge(&mut self, snapshot: &ClusterState, mtu: u32) -> Result<(), AgentError> {
+        let mac = match self.bridge_mac {
+            Some(m) => m,
+            None => {
+                let link = self
+                    .net
+                    .ensure_bridge(BRIDGE, Some(mtu), false, false)
+                    .map_err(err("pod bridge"))?;
+                let mac: [u8; 6] = weft_kernel::net::parse_mac(&link.mac)
+                    .and_then(|m| m.try_into().ok())
+                    .ok_or_else(|| AgentError::Kernel(format!("{BRIDGE}: bad MAC {}", link.mac)))?;
+                self.net
+                    .set_mac(link.index, &mac)
+                    .map_err(err("pin bridge MAC"))?;
+                self.bridge_mac = Some(mac);
+                mac
+            }
+        };
+        let mut eps = self.proxy.local_backends();
+        eps.extend(weft_model::bridge::host_port_targets(
+            snapshot,
+            &self.cfg.node_name,
+        ));
+        let rules = weft_model::bridge::ruleset(mac, &eps);
+        if self.last_bridge.as_deref() != Some(&rules) {
+            weft_kernel::nft::apply(&rules).map_err(err("bridge rules"))?;
+            self.last_bridge = Some(rules);
+        }
+        // Bridged frames skip the IP hooks; without br_netfilter loaded
+        // there is nothing to turn off. The node routes replies back out
+        // the bridge they came in on, which is no reason to tell the
+        // backend to go direct.
+        for key in [
+            "net/bridge/bridge-nf-call-iptables",
+            "net/bridge/bridge-nf-call-ip6tables",
+        ] {
+            if Path::new("/proc/sys").join(key).exists() {
+                ensure_sysctl(key, "0")?;
+            }
+        }
+        ensure_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
+        ensure_sysctl(&format!("net/ipv4/conf/{BRIDGE}/send_redirects"), "0")?;
         Ok(())
     }
 
@@ -310,7 +368,7 @@ pub fn conflist(cfg: &AgentConfig, pod_cidrs: &[IpNet], mtu: u32) -> String {
         "name": "weft",
         "plugins": [{
             "type": "weft-cni",
-            "bridge": "weft0",
+            "bridge": BRIDGE,
             "isGateway": true,
             "isDefaultGateway": true,
             "ipMasq": false,
@@ -325,6 +383,14 @@ pub fn conflist(cfg: &AgentConfig, pod_cidrs: &[IpNet], mtu: u32) -> String {
         }]
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+fn ensure_sysctl(key: &str, value: &str) -> Result<(), AgentError> {
+    let proc = Path::new("/proc/sys");
+    if weft_kernel::sysctl::read(proc, key).ok().as_deref() != Some(value) {
+        weft_kernel::sysctl::write(proc, key, value).map_err(err("sysctl"))?;
+    }
+    Ok(())
 }
 
 fn write_atomic(p: &Path, text: &str) -> std::io::Result<()> {

@@ -198,6 +198,16 @@ impl Net {
         Ok(link)
     }
 
+    /// Sets a link's MAC address. On a bridge this also pins it: a bridge
+    /// whose address was never set takes the lowest of its ports', so it
+    /// would change as pods come and go.
+    pub fn set_mac(&self, index: u32, mac: &[u8]) -> Result<(), KernelError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.set_link(msg, "set MAC address")
+    }
+
     fn set_link(&self, msg: LinkMessage, op: &str) -> Result<(), KernelError> {
         let h = self.handle.clone();
         self.rt

@@ -7,6 +7,7 @@
 //! values; they never touch the kernel, so they are tested as tables.
 
 pub mod alloc;
+pub mod bridge;
 pub mod cluster;
 pub mod dns;
 pub mod egress;

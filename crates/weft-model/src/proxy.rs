@@ -225,6 +225,9 @@ pub struct Fragment {
     pub udp: BTreeMap<UdpFront, BTreeSet<IpAddr>>,
     /// The largest backend count it needs an `lb*-N` chain for.
     pub max_count: usize,
+    /// Its backends on this node, usable or not: their replies to clients
+    /// on the same bridge need the IP layer (`bridge`).
+    pub local_backends: Vec<crate::bridge::Endpoint>,
 }
 
 impl Fragment {
@@ -410,6 +413,18 @@ pub fn compile_service(s: &ServiceView, node: &str) -> Fragment {
             c.t.element(&format!("np{}", f.v), key, v);
         }
     }
+    let mut local_backends: Vec<crate::bridge::Endpoint> = s
+        .ports
+        .iter()
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .filter(|b| b.node.as_deref() == Some(node))
+                .map(move |b| (b.ip, p.protocol, b.port))
+        })
+        .collect();
+    local_backends.sort();
+    local_backends.dedup();
     let mut elements = Vec::new();
     for (set, els) in c.t.elements {
         for (k, v) in els {
@@ -423,6 +438,7 @@ pub fn compile_service(s: &ServiceView, node: &str) -> Fragment {
         elements,
         udp: c.udp,
         max_count: c.max_count,
+        local_backends,
     }
 }
 

@@ -27,7 +27,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn parse(s: Option<&str>) -> Option<Proto> {
+    pub(crate) fn parse(s: Option<&str>) -> Option<Proto> {
         match s.unwrap_or("TCP") {
             "TCP" => Some(Proto::Tcp),
             "UDP" => Some(Proto::Udp),

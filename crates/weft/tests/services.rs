@@ -226,6 +226,29 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
         "node-3 has no local backend"
     );
 
+    // Same-node pod traffic is switched with br_netfilter off
+    // (weft_model::bridge): the reply above, from a backend to a client on
+    // its own bridge, got its un-DNAT through the reply rule. A direct
+    // connection to the backend's own address takes the same detour
+    // through the node, and works too.
+    assert_eq!(
+        lab.sh(
+            "node/node-2",
+            "sysctl -n net.bridge.bridge-nf-call-iptables"
+        )
+        .trim(),
+        "0"
+    );
+    let who_pod = lab.ip_of("default/who");
+    assert_eq!(
+        get(&lab, "default/client2", &format!("{who_pod}:9000")).unwrap(),
+        client2
+    );
+    assert_eq!(
+        get(&lab, "default/client2", &format!("{who}:9000")).unwrap(),
+        client2
+    );
+
     // LoadBalancer: the lab gives it an address and routes it from the
     // external host to the nodes, as a cloud load balancer would.
     let lb = service_col(&lab, "web-lb", 4);

@@ -1,0 +1,188 @@
+//! Same-node pod traffic stays on the bridge; only replies that need
+//! un-NAT are sent up to the node's IP layer.
+//!
+//! Kubernetes nodes usually run br_netfilter, which passes every bridged
+//! frame through the IP hooks, and so through conntrack, because a Service
+//! reply from a backend to a client on the same bridge is bridged and would
+//! otherwise skip its un-DNAT. That costs every pod↔pod flow on the node
+//! (BENCHMARKS.md: it was most of the gap to a bare veth). weft turns
+//! br_netfilter off in the node and instead picks out the frames that need
+//! the IP layer: those coming *from* a local Service backend or hostPort
+//! target (`ip . proto . port`). A bridge-family rule readdresses them to
+//! the bridge itself, so the node routes them, conntrack finds the
+//! connection and rewrites the source back to the Service address. Every
+//! other frame is switched as on a plain bridge.
+//!
+//! A frame from a backend port that was not DNATed (a pod talking to the
+//! backend's own address) takes the same detour and is simply routed back
+//! out: slower, still correct.
+
+use crate::services::Proto;
+use crate::ClusterState;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+pub const TABLE: &str = "weft-br";
+
+/// A local endpoint whose replies may need un-NAT.
+pub type Endpoint = (IpAddr, Proto, u16);
+
+fn proto(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+        Proto::Sctp => "sctp",
+    }
+}
+
+/// The script that makes `table bridge weft-br` exactly this: frames from
+/// `endpoints` go to the bridge's own address `bridge_mac`.
+pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
+    let t = TABLE;
+    let mac = bridge_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut s = format!("add table bridge {t}\n");
+    for (v, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+        let _ = writeln!(
+            s,
+            "add set bridge {t} replies{v} {{ type {ty} . inet_proto . inet_service; }}"
+        );
+        let _ = writeln!(s, "flush set bridge {t} replies{v}");
+    }
+    let _ = writeln!(
+        s,
+        "add chain bridge {t} replies {{ type filter hook prerouting priority -300; policy accept; }}"
+    );
+    let _ = writeln!(s, "flush chain bridge {t} replies");
+    for (v, ip) in [("4", "ip"), ("6", "ip6")] {
+        // pkttype host: the frame was addressed to another port, and the
+        // IP layer drops frames it believes were for someone else.
+        let _ = writeln!(
+            s,
+            "add rule bridge {t} replies {ip} saddr . meta l4proto . th sport @replies{v} meta pkttype set host ether daddr set {mac}"
+        );
+    }
+    for (v, is4) in [("4", true), ("6", false)] {
+        let els: Vec<String> = endpoints
+            .iter()
+            .filter(|(ip, ..)| ip.is_ipv4() == is4)
+            .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto(*p)))
+            .collect();
+        if !els.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element bridge {t} replies{v} {{ {} }}",
+                els.join(", ")
+            );
+        }
+    }
+    s
+}
+
+/// This node's hostPort targets (`podIP . proto . containerPort`): the CNI
+/// DNATs node ports to them, so their replies need un-NAT too.
+pub fn host_port_targets(state: &ClusterState, node: &str) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for pod in state.pods() {
+        let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
+            continue;
+        };
+        if spec.node_name.as_deref() != Some(node) {
+            continue;
+        }
+        let ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .chain(status.pod_ip.as_deref().and_then(|p| p.parse().ok()))
+            .collect();
+        for c in &spec.containers {
+            for p in c.ports.iter().flatten() {
+                if p.host_port.is_none() {
+                    continue;
+                }
+                let (Some(pr), Ok(port)) = (
+                    Proto::parse(p.protocol.as_deref()),
+                    u16::try_from(p.container_port),
+                ) else {
+                    continue;
+                };
+                out.extend(ips.iter().map(|ip| (*ip, pr, port)));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden() {
+        let eps: BTreeSet<Endpoint> = [
+            ("10.244.1.7".parse().unwrap(), Proto::Tcp, 8080),
+            ("10.244.1.5".parse().unwrap(), Proto::Udp, 53),
+            ("fd00::5".parse().unwrap(), Proto::Tcp, 80),
+        ]
+        .into_iter()
+        .collect();
+        let s = ruleset([0x4e, 0xfa, 0x97, 0x81, 0xc6, 0x01], &eps);
+        let want = "add table bridge weft-br
+add set bridge weft-br replies4 { type ipv4_addr . inet_proto . inet_service; }
+flush set bridge weft-br replies4
+add set bridge weft-br replies6 { type ipv6_addr . inet_proto . inet_service; }
+flush set bridge weft-br replies6
+add chain bridge weft-br replies { type filter hook prerouting priority -300; policy accept; }
+flush chain bridge weft-br replies
+add rule bridge weft-br replies ip saddr . meta l4proto . th sport @replies4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies ip6 saddr . meta l4proto . th sport @replies6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add element bridge weft-br replies4 { 10.244.1.5 . udp . 53, 10.244.1.7 . tcp . 8080 }
+add element bridge weft-br replies6 { fd00::5 . tcp . 80 }
+";
+        assert_eq!(s, want);
+    }
+
+    #[test]
+    fn host_ports_of_this_node_only() {
+        let yaml = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80, hostPort: 8080}, {containerPort: 81}, {containerPort: 53, hostPort: 53, protocol: UDP}]}]}
+status: {podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}, {ip: 'fd00::5'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80, hostPort: 8080}]}]}
+status: {podIP: 10.244.2.5}
+";
+        let mut st = ClusterState::default();
+        for o in crate::manifest::parse(std::path::Path::new("t.yaml"), yaml).unwrap() {
+            st.apply(o);
+        }
+        let got: BTreeSet<Endpoint> = host_port_targets(&st, "n1").into_iter().collect();
+        let want: BTreeSet<Endpoint> = [
+            ("10.244.1.5".parse().unwrap(), Proto::Tcp, 80),
+            ("10.244.1.5".parse().unwrap(), Proto::Udp, 53),
+            ("fd00::5".parse().unwrap(), Proto::Tcp, 80),
+            ("fd00::5".parse().unwrap(), Proto::Udp, 53),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn empty_sets_get_no_elements_line() {
+        let s = ruleset([2, 0, 0, 0, 0, 1], &BTreeSet::new());
+        assert!(!s.contains("add element"));
+        assert!(s.contains("flush set bridge weft-br replies4"));
+    }
+}
