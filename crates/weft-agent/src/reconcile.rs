@@ -147,7 +147,11 @@ impl Reconciler {
             .filter_map(routes::node_view)
             .map(|v| v.ip)
             .collect();
-        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips);
+        let vxlan_port = match cfg.backend {
+            Backend::Vxlan { .. } => Some(routes::VXLAN_PORT),
+            Backend::HostGw => None,
+        };
+        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips, vxlan_port);
         if self.last_egress.as_deref() != Some(&egress) {
             weft_kernel::nft::apply(&egress).map_err(err("nftables"))?;
             self.last_egress = Some(egress);

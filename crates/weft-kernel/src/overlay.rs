@@ -39,10 +39,18 @@ pub struct VxlanParams {
     pub mtu: u32,
 }
 
-fn vxlan_info(
-    m: &netlink_packet_route::link::LinkMessage,
-) -> (Option<u32>, Option<u16>, Option<Ipv4Addr>, Option<u32>) {
-    let (mut id, mut port, mut local, mut link) = (None, None, None, None);
+/// What identifies a VXLAN device: VNI, port, local address, underlay
+/// link, and whether it checksums the outer UDP header.
+type VxlanInfo = (
+    Option<u32>,
+    Option<u16>,
+    Option<Ipv4Addr>,
+    Option<u32>,
+    Option<bool>,
+);
+
+fn vxlan_info(m: &netlink_packet_route::link::LinkMessage) -> VxlanInfo {
+    let (mut id, mut port, mut local, mut link, mut csum) = (None, None, None, None, None);
     for a in &m.attributes {
         if let LinkAttribute::LinkInfo(infos) = a {
             for i in infos {
@@ -53,6 +61,7 @@ fn vxlan_info(
                             InfoVxlan::Port(p) => port = Some(*p),
                             InfoVxlan::Local(l) => local = Some(*l),
                             InfoVxlan::Link(l) => link = Some(*l),
+                            InfoVxlan::UDPCsum(c) => csum = Some(*c),
                             _ => {}
                         }
                     }
@@ -60,7 +69,7 @@ fn vxlan_info(
             }
         }
     }
-    (id, port, local, link)
+    (id, port, local, link, csum)
 }
 
 impl Net {
@@ -70,11 +79,12 @@ impl Net {
     pub fn ensure_vxlan(&self, p: &VxlanParams) -> Result<Link, KernelError> {
         let existing = self.link_msg_by_name(&p.name)?;
         if let Some(m) = &existing {
-            let (id, port, local, link) = vxlan_info(m);
+            let (id, port, local, link, csum) = vxlan_info(m);
             let same = id == Some(p.vni)
                 && port == Some(p.port)
                 && local == Some(p.local)
-                && link == Some(p.underlay_index);
+                && link == Some(p.underlay_index)
+                && csum == Some(false);
             if !same {
                 self.del_link(m.header.index)?;
             }
@@ -85,6 +95,10 @@ impl Net {
                 .port(p.port)
                 .local(p.local)
                 .learning(false)
+                // No outer UDP checksum, as flannel: the inner packet
+                // carries its own, and the kernel's default (on) would
+                // make weft's VTEP differ from flannel's.
+                .udp_csum(false)
                 .mtu(p.mtu)
                 .address(p.mac.to_vec())
                 .build();

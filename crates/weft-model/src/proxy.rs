@@ -626,6 +626,19 @@ fn skeleton(t: &mut Table, cluster_cidrs: &[IpNet]) {
             &format!("type {hook} priority {prio}; policy accept;"),
         );
     }
+    // Only a connection's first packet can be rejected or checked against
+    // source ranges (as kube-proxy's nftables mode checks them): the rest
+    // leave these per-packet chains at the first rule. Untracked packets
+    // (VXLAN's outer UDP) too.
+    for c in [
+        "reject-fwd",
+        "reject-out",
+        "reject-in",
+        "src-pre",
+        "src-out",
+    ] {
+        t.rule(c, "ct state != new accept");
+    }
     t.chain("svc-reject", "");
     t.rule("svc-reject", "meta l4proto tcp reject with tcp reset");
     t.rule("svc-reject", "reject with icmpx port-unreachable");

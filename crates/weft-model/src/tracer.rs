@@ -316,6 +316,8 @@ enum MarkOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stmt {
     CtStateNew,
+    /// `ct state != new`: never, for a connection's first packet.
+    CtStateNotNew,
     CtStatusDnat,
     Nfproto(Fam),
     L4protoIs(Proto),
@@ -559,10 +561,14 @@ fn parse_rule(rule: &str) -> Result<Vec<Stmt>, String> {
             "ct" => {
                 t.next()?;
                 match t.next()? {
-                    "state" => {
-                        t.expect("new")?;
-                        Stmt::CtStateNew
-                    }
+                    "state" => match t.next()? {
+                        "new" => Stmt::CtStateNew,
+                        "!=" => {
+                            t.expect("new")?;
+                            Stmt::CtStateNotNew
+                        }
+                        o => return Err(format!("unknown ct state `{o}`")),
+                    },
                     "status" => {
                         t.expect("dnat")?;
                         Stmt::CtStatusDnat
@@ -1190,6 +1196,7 @@ impl Tracer<'_> {
         };
         match s {
             Stmt::CtStateNew => go_on(st, true),
+            Stmt::CtStateNotNew => go_on(st, false),
             Stmt::CtStatusDnat => {
                 let c = st.dnat.is_some();
                 go_on(st, c)
