@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use weft_kernel::conntrack::{self, UdpFilter};
-use weft_kernel::nft::NftSession;
+use weft_kernel::nft::Nft;
 use weft_model::nftdoc::Table;
 use weft_model::proxy::{self, Fragment, UdpFront};
 use weft_model::{ClusterState, Object, ObjectKey};
@@ -56,7 +56,7 @@ pub struct ServiceProxy {
     /// A long-lived `nft -i` for the small transactions of changes: a
     /// fresh `nft -f` per change would wait for an RCU grace period when it
     /// closes its socket after any deletion (BENCHMARKS.md).
-    session: Option<NftSession>,
+    nft: Nft,
 }
 
 impl ServiceProxy {
@@ -67,7 +67,7 @@ impl ServiceProxy {
             node: node.to_string(),
             cluster_cidrs,
             applied: None,
-            session: None,
+            nft: Nft::default(),
         }
     }
 
@@ -263,20 +263,15 @@ impl ServiceProxy {
 
 impl ServiceProxy {
     fn apply_small(&mut self, script: &str) -> Result<(), AgentError> {
-        if script.len() > weft_kernel::nft::SESSION_MAX_SCRIPT {
-            return apply(script);
-        }
-        if self.session.is_none() {
-            self.session = NftSession::start().ok();
-        }
-        let Some(s) = self.session.as_mut() else {
-            return apply(script);
-        };
-        s.apply(script).map_err(|e| {
-            // A session in an unknown state is not reused.
-            self.session = None;
-            AgentError::Kernel(format!("Service rules: {e}"))
-        })
+        self.nft
+            .apply(script)
+            .map_err(|e| AgentError::Kernel(format!("Service rules: {e}")))
+    }
+
+    /// The proxy's nft session, for the agent's other small rulesets: one
+    /// `nft -i` per agent, not one exec per change.
+    pub fn nft(&mut self) -> &mut Nft {
+        &mut self.nft
     }
 }
 

@@ -22,7 +22,9 @@ pub struct Reconciler {
     net: Net,
     metrics: Arc<Metrics>,
     allocs: Option<Allocations>,
-    last_egress: Option<String>,
+    /// The egress table as last applied: its script without nodes, and
+    /// the node addresses.
+    last_egress: Option<(String, Vec<IpAddr>)>,
     last_conflist: Option<String>,
     last_bridge: Option<String>,
     /// The pod bridge's address, once the agent has made sure of it.
@@ -151,11 +153,23 @@ impl Reconciler {
             Backend::Vxlan { .. } => Some(routes::VXLAN_PORT),
             Backend::HostGw => None,
         };
-        let egress = weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips, vxlan_port);
-        if self.last_egress.as_deref() != Some(&egress) {
-            weft_kernel::nft::apply(&egress).map_err(err("nftables"))?;
-            self.last_egress = Some(egress);
+        // A node joining or leaving changes every agent's node set at once:
+        // one element each, through the proxy's `nft -i` (50 execs of nft
+        // on one host delayed the routes the same join brings). Anything
+        // else replaces the table.
+        let base = weft_model::egress::ruleset(&cfg.cluster_cidrs, &[], vxlan_port);
+        let script = match &self.last_egress {
+            Some((b, nodes)) if *b == base => weft_model::egress::nodes_delta(nodes, &node_ips),
+            _ => weft_model::egress::ruleset(&cfg.cluster_cidrs, &node_ips, vxlan_port),
+        };
+        if !script.is_empty() {
+            if let Err(e) = self.proxy.nft().apply(&script) {
+                // The table may not be what we think: replace it next time.
+                self.last_egress = None;
+                return Err(err("nftables")(e));
+            }
         }
+        self.last_egress = Some((base, node_ips));
         let st = self.proxy.sync(snapshot.clone())?;
         if st.sent {
             tracing::debug!(full = st.full, lines = st.lines, "Service rules applied");
@@ -211,7 +225,10 @@ impl Reconciler {
         ));
         let rules = weft_model::bridge::ruleset(mac, &eps);
         if self.last_bridge.as_deref() != Some(&rules) {
-            weft_kernel::nft::apply(&rules).map_err(err("bridge rules"))?;
+            self.proxy
+                .nft()
+                .apply(&rules)
+                .map_err(err("bridge rules"))?;
             self.last_bridge = Some(rules);
         }
         // Bridged frames skip the IP hooks; without br_netfilter loaded

@@ -102,6 +102,29 @@ pub struct NftSession {
 /// rejects very long lines.
 pub const SESSION_MAX_SCRIPT: usize = 64 * 1024;
 
+/// Applies scripts through a lazily started `NftSession`, long ones
+/// through `nft -f`. A session that failed is not reused (its state is
+/// unknown); the next call starts another.
+#[derive(Default)]
+pub struct Nft {
+    session: Option<NftSession>,
+}
+
+impl Nft {
+    pub fn apply(&mut self, script: &str) -> Result<(), KernelError> {
+        if script.len() > SESSION_MAX_SCRIPT {
+            return apply(script);
+        }
+        if self.session.is_none() {
+            self.session = NftSession::start().ok();
+        }
+        let Some(s) = self.session.as_mut() else {
+            return apply(script);
+        };
+        s.apply(script).inspect_err(|_| self.session = None)
+    }
+}
+
 impl NftSession {
     pub fn start() -> Result<NftSession, KernelError> {
         let mut child = Command::new(binary())

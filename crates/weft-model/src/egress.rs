@@ -8,55 +8,42 @@
 //! state, and tracking them cost every cross-node packet two lookups.
 
 use ipnet::IpNet;
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
 pub const TABLE: &str = "weft";
 
-/// The script that makes `table inet weft`'s egress state exactly this.
-/// `vxlan_port`: the VXLAN UDP port, when the backend is VXLAN.
+/// The script that makes `table inet weft` exactly this: the table is
+/// replaced whole in one transaction (NAT bindings of live connections are
+/// in conntrack and survive it).
 pub fn ruleset(cluster_cidrs: &[IpNet], node_ips: &[IpAddr], vxlan_port: Option<u16>) -> String {
     let t = TABLE;
-    let mut s = format!("add table inet {t}\n");
+    let mut s = format!("add table inet {t}\ndelete table inet {t}\nadd table inet {t}\n");
     for (v, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
         let _ = writeln!(
             s,
             "add set inet {t} cluster{v} {{ type {ty}; flags interval; auto-merge; }}"
         );
-        let _ = writeln!(
-            s,
-            "add set inet {t} nodes{v} {{ type {ty}; flags interval; auto-merge; }}"
-        );
-        let _ = writeln!(s, "flush set inet {t} cluster{v}");
-        let _ = writeln!(s, "flush set inet {t} nodes{v}");
+        // Plain addresses, not intervals, so that a node joining or leaving
+        // is one element added or deleted (`nodes_delta`).
+        let _ = writeln!(s, "add set inet {t} nodes{v} {{ type {ty}; }}");
     }
     let _ = writeln!(
         s,
         "add chain inet {t} egress {{ type nat hook postrouting priority 100; policy accept; }}"
     );
-    let _ = writeln!(s, "flush chain inet {t} egress");
     let mut sorted_c: Vec<IpNet> = cluster_cidrs.iter().map(|c| c.trunc()).collect();
     sorted_c.sort();
     sorted_c.dedup();
-    let mut sorted_n: Vec<IpAddr> = node_ips.to_vec();
-    sorted_n.sort();
-    sorted_n.dedup();
     for (v, is4) in [("4", true), ("6", false)] {
         let cs: Vec<String> = sorted_c
             .iter()
             .filter(|c| c.addr().is_ipv4() == is4)
             .map(|c| c.to_string())
             .collect();
-        let ns: Vec<String> = sorted_n
-            .iter()
-            .filter(|n| n.is_ipv4() == is4)
-            .map(|n| n.to_string())
-            .collect();
         if !cs.is_empty() {
             let _ = writeln!(s, "add element inet {t} cluster{v} {{ {} }}", cs.join(", "));
-        }
-        if !ns.is_empty() {
-            let _ = writeln!(s, "add element inet {t} nodes{v} {{ {} }}", ns.join(", "));
         }
         let ipk = if is4 { "ip" } else { "ip6" };
         let _ = writeln!(
@@ -64,22 +51,44 @@ pub fn ruleset(cluster_cidrs: &[IpNet], node_ips: &[IpAddr], vxlan_port: Option<
             "add rule inet {t} egress {ipk} saddr @cluster{v} {ipk} daddr != @cluster{v} {ipk} daddr != @nodes{v} masquerade"
         );
     }
-    for (chain, hook) in [("notrack-pre", "prerouting"), ("notrack-out", "output")] {
-        let _ = writeln!(
-            s,
-            "add chain inet {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}"
-        );
-        let _ = writeln!(s, "flush chain inet {t} {chain}");
-        match vxlan_port {
-            Some(port) => {
+    s.push_str(&nodes_delta(&[], node_ips));
+    // No hooked chain at all without VXLAN: even an empty one costs every
+    // packet.
+    if let Some(port) = vxlan_port {
+        for (chain, hook) in [("notrack-pre", "prerouting"), ("notrack-out", "output")] {
+            let _ = writeln!(
+                s,
+                "add chain inet {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}"
+            );
+            let _ = writeln!(
+                s,
+                "add rule inet {t} {chain} ip saddr @nodes4 ip daddr @nodes4 udp dport {port} notrack"
+            );
+        }
+    }
+    s
+}
+
+/// The element changes that take the node sets from `old` to `new`
+/// (empty when they hold the same addresses).
+pub fn nodes_delta(old: &[IpAddr], new: &[IpAddr]) -> String {
+    let t = TABLE;
+    let old: BTreeSet<&IpAddr> = old.iter().collect();
+    let new: BTreeSet<&IpAddr> = new.iter().collect();
+    let mut s = String::new();
+    for (verb, a, b) in [("add", &new, &old), ("delete", &old, &new)] {
+        for (v, is4) in [("4", true), ("6", false)] {
+            let els: Vec<String> = a
+                .difference(b)
+                .filter(|ip| ip.is_ipv4() == is4)
+                .map(|ip| ip.to_string())
+                .collect();
+            if !els.is_empty() {
                 let _ = writeln!(
                     s,
-                    "add rule inet {t} {chain} ip saddr @nodes4 ip daddr @nodes4 udp dport {port} notrack"
+                    "{verb} element inet {t} nodes{v} {{ {} }}",
+                    els.join(", ")
                 );
-            }
-            // No hooked chain at all: even an empty one costs every packet.
-            None => {
-                let _ = writeln!(s, "delete chain inet {t} {chain}");
             }
         }
     }
@@ -101,25 +110,20 @@ mod tests {
             Some(8472),
         );
         let want = "add table inet weft
+delete table inet weft
+add table inet weft
 add set inet weft cluster4 { type ipv4_addr; flags interval; auto-merge; }
-add set inet weft nodes4 { type ipv4_addr; flags interval; auto-merge; }
-flush set inet weft cluster4
-flush set inet weft nodes4
+add set inet weft nodes4 { type ipv4_addr; }
 add set inet weft cluster6 { type ipv6_addr; flags interval; auto-merge; }
-add set inet weft nodes6 { type ipv6_addr; flags interval; auto-merge; }
-flush set inet weft cluster6
-flush set inet weft nodes6
+add set inet weft nodes6 { type ipv6_addr; }
 add chain inet weft egress { type nat hook postrouting priority 100; policy accept; }
-flush chain inet weft egress
 add element inet weft cluster4 { 10.244.0.0/16 }
-add element inet weft nodes4 { 172.30.0.11, 172.30.0.12 }
 add rule inet weft egress ip saddr @cluster4 ip daddr != @cluster4 ip daddr != @nodes4 masquerade
 add rule inet weft egress ip6 saddr @cluster6 ip6 daddr != @cluster6 ip6 daddr != @nodes6 masquerade
+add element inet weft nodes4 { 172.30.0.11, 172.30.0.12 }
 add chain inet weft notrack-pre { type filter hook prerouting priority -300; policy accept; }
-flush chain inet weft notrack-pre
 add rule inet weft notrack-pre ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 notrack
 add chain inet weft notrack-out { type filter hook output priority -300; policy accept; }
-flush chain inet weft notrack-out
 add rule inet weft notrack-out ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 notrack
 ";
         assert_eq!(s, want);
@@ -128,8 +132,18 @@ add rule inet weft notrack-out ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 
     #[test]
     fn host_gw_has_no_notrack_chains() {
         let s = ruleset(&["10.244.0.0/16".parse().unwrap()], &[], None);
-        assert!(s.contains("delete chain inet weft notrack-pre\n"));
-        assert!(s.contains("delete chain inet weft notrack-out\n"));
-        assert!(!s.contains("notrack\n"));
+        assert!(!s.contains("notrack"));
+    }
+
+    #[test]
+    fn a_join_or_leave_is_one_element() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let old = [ip("172.30.0.11"), ip("172.30.0.12"), ip("fd00::1")];
+        let new = [ip("172.30.0.12"), ip("172.30.0.13"), ip("fd00::1")];
+        assert_eq!(
+            nodes_delta(&old, &new),
+            "add element inet weft nodes4 { 172.30.0.13 }\ndelete element inet weft nodes4 { 172.30.0.11 }\n"
+        );
+        assert_eq!(nodes_delta(&new, &new), "");
     }
 }

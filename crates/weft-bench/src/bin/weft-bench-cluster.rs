@@ -2,11 +2,11 @@
 //!
 //! 1. iperf3 throughput, each as a ratio of a bare veth pair between two
 //!    namespaces measured in the same run: pod→pod on one node, and across
-//!    nodes with host-gw and with vxlan. The cross-node paths are also
-//!    given against their kernel floor: the same topology built by hand
-//!    (underlay bridge, node bridges, flannel-style VXLAN or plain routes)
-//!    with no netfilter at all, which is what any CNI on these kernel
-//!    devices can at best reach.
+//!    nodes with host-gw and with vxlan. Each path is also given against
+//!    its kernel floor: the same topology built by hand (underlay bridge,
+//!    node bridges, flannel-style VXLAN or plain routes) with no netfilter
+//!    at all, which is what any CNI on these kernel devices can at best
+//!    reach.
 //! 2. Convergence: the time from `weft lab apply` of a new Node until every
 //!    existing node's agent has installed its route, at several cluster
 //!    sizes. Agents log each route with a timestamp; the figure is the
@@ -60,7 +60,7 @@ fn parse_args() -> Result<Opts, String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "weft-bench-cluster [--quick] [--seconds S] [--runs N] [--sizes 3,10,50] [--joins N] [--weft PATH]"
+                    "weft-bench-cluster [--quick] [--seconds S] [--runs N (0: no throughput)] [--sizes 3,10,50 (empty: no convergence)] [--joins N] [--weft PATH]"
                 );
                 std::process::exit(0);
             }
@@ -180,167 +180,111 @@ impl Drop for Bare {
     }
 }
 
-/// The floor of a cross-node path: two pods on two nodes joined by an
-/// underlay bridge, as a lab has them, wired by hand with `ip` and
-/// `bridge`, with no nftables and br_netfilter off. Removed on drop.
+/// The floor of each path: pods on two nodes joined by an underlay
+/// bridge, as a lab has them, wired by hand with `ip` and `bridge`, with no
+/// nftables and br_netfilter off. Two pods on node 1 (the same-node floor)
+/// and one on node 2. Removed on drop.
 struct Floor {
     namespaces: Vec<String>,
+}
+
+/// `ip` with its arguments in one string (none of them has spaces).
+fn ipw(args: &str) -> Result<String, String> {
+    ip(&args.split_whitespace().collect::<Vec<_>>())
 }
 
 impl Floor {
     fn new(vxlan: bool) -> Result<Floor, String> {
         let p = std::process::id();
         let tag = if vxlan { "vx" } else { "hg" };
-        let name = |n: &str| format!("wbf-{tag}-{n}-{p}");
         let f = Floor {
-            namespaces: ["u", "n1", "n2", "p1", "p2"]
+            namespaces: ["u", "n1", "n2", "p1", "p2", "p3"]
                 .iter()
-                .map(|n| name(n))
+                .map(|n| format!("wbf-{tag}-{n}-{p}"))
                 .collect(),
         };
-        let (u, pod_mtu) = (&f.namespaces[0], if vxlan { "1450" } else { "1500" });
-        for ns in &f.namespaces {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        let ns = &f.namespaces;
+        let (u, mtu) = (&ns[0], if vxlan { 1450 } else { 1500 });
+        for n in ns {
+            ipw(&format!("netns add {n}"))?;
+            ipw(&format!("-n {n} link set lo up"))?;
         }
-        ip(&["-n", u, "link", "add", "underlay", "type", "bridge"])?;
-        ip(&["-n", u, "link", "set", "underlay", "up"])?;
+        ipw(&format!("-n {u} link add underlay type bridge"))?;
+        ipw(&format!("-n {u} link set underlay up"))?;
+        // Pod `pod` on node `node` as 10.250.<i>.<host>, its host end `veth`.
+        let plug = |node: &str, pod: &str, veth: &str, i: usize, host: u8| {
+            ipw(&format!(
+                "link add eth0 netns {pod} mtu {mtu} type veth peer name {veth} netns {node}"
+            ))?;
+            ipw(&format!(
+                "-n {node} link set {veth} mtu {mtu} master cni0 up"
+            ))?;
+            ipw(&format!("-n {pod} addr add 10.250.{i}.{host}/24 dev eth0"))?;
+            ipw(&format!("-n {pod} link set eth0 up"))?;
+            ipw(&format!("-n {pod} route add default via 10.250.{i}.1"))
+        };
         for i in 1..=2 {
-            let (node, pod) = (&f.namespaces[i], &f.namespaces[i + 2]);
-            let port = format!("u{i}");
+            let node = &ns[i];
             let node_ip = format!("172.31.0.1{i}");
-            ip(&[
-                "link", "add", "eth0", "netns", node, "type", "veth", "peer", "name", &port,
-                "netns", u,
-            ])?;
-            ip(&["-n", u, "link", "set", &port, "master", "underlay", "up"])?;
-            ip(&[
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{node_ip}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", node, "link", "set", "eth0", "up"])?;
-            for (k, v) in [
-                ("net.ipv4.ip_forward", "1"),
-                ("net.bridge.bridge-nf-call-iptables", "0"),
+            ipw(&format!(
+                "link add eth0 netns {node} type veth peer name u{i} netns {u}"
+            ))?;
+            ipw(&format!("-n {u} link set u{i} master underlay up"))?;
+            ipw(&format!("-n {node} addr add {node_ip}/24 dev eth0"))?;
+            ipw(&format!("-n {node} link set eth0 up"))?;
+            for kv in [
+                "net.ipv4.ip_forward=1",
+                "net.bridge.bridge-nf-call-iptables=0",
             ] {
-                run(Command::new("ip")
-                    .args(["netns", "exec", node, "sysctl", "-qw"])
-                    .arg(format!("{k}={v}")))?;
+                run(Command::new("ip").args(["netns", "exec", node, "sysctl", "-qw", kv]))?;
             }
-            ip(&["-n", node, "link", "add", "cni0", "type", "bridge"])?;
-            ip(&[
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("10.250.{i}.1/24"),
-                "dev",
-                "cni0",
-            ])?;
-            ip(&["-n", node, "link", "set", "cni0", "up"])?;
-            ip(&[
-                "link", "add", "eth0", "netns", pod, "mtu", pod_mtu, "type", "veth", "peer",
-                "name", "vp", "netns", node,
-            ])?;
-            ip(&[
-                "-n", node, "link", "set", "vp", "mtu", pod_mtu, "master", "cni0", "up",
-            ])?;
-            ip(&[
-                "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("10.250.{i}.2/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", pod, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                pod,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.250.{i}.1"),
-            ])?;
+            ipw(&format!("-n {node} link add cni0 type bridge"))?;
+            ipw(&format!("-n {node} addr add 10.250.{i}.1/24 dev cni0"))?;
+            ipw(&format!("-n {node} link set cni0 up"))?;
+            plug(node, &ns[i + 2], "vp", i, 2)?;
             if vxlan {
-                ip(&[
-                    "-n",
-                    node,
-                    "link",
-                    "add",
-                    "vx",
-                    "type",
-                    "vxlan",
-                    "id",
-                    "1",
-                    "dev",
-                    "eth0",
-                    "local",
-                    &node_ip,
-                    "dstport",
-                    "8472",
-                    "nolearning",
-                    "noudpcsum",
-                ])?;
-                ip(&[
-                    "-n",
-                    node,
-                    "link",
-                    "set",
-                    "vx",
-                    "mtu",
-                    "1450",
-                    "address",
-                    &format!("0e:00:00:00:00:0{i}"),
-                    "up",
-                ])?;
+                ipw(&format!(
+                    "-n {node} link add vx type vxlan id 1 dev eth0 local {node_ip} dstport 8472 nolearning noudpcsum"
+                ))?;
+                ipw(&format!(
+                    "-n {node} link set vx mtu 1450 address 0e:00:00:00:00:0{i} up"
+                ))?;
             }
         }
+        plug(&ns[1], &ns[5], "vp3", 1, 3)?;
         for i in 1..=2 {
-            let (node, j) = (&f.namespaces[i], 3 - i);
-            let (subnet, peer_ip) = (format!("10.250.{j}.0/24"), format!("172.31.0.1{j}"));
+            let (node, j) = (&ns[i], 3 - i);
+            let peer_ip = format!("172.31.0.1{j}");
             if vxlan {
-                let (vtep, mac) = (format!("10.250.{j}.0"), format!("0e:00:00:00:00:0{j}"));
-                ip(&[
-                    "-n", node, "route", "add", &subnet, "via", &vtep, "dev", "vx", "onlink",
-                ])?;
-                ip(&[
-                    "-n",
-                    node,
-                    "neigh",
-                    "add",
-                    &vtep,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    "vx",
-                    "nud",
-                    "permanent",
-                ])?;
+                let mac = format!("0e:00:00:00:00:0{j}");
+                ipw(&format!(
+                    "-n {node} route add 10.250.{j}.0/24 via 10.250.{j}.0 dev vx onlink"
+                ))?;
+                ipw(&format!(
+                    "-n {node} neigh add 10.250.{j}.0 lladdr {mac} dev vx nud permanent"
+                ))?;
                 run(Command::new("bridge").args([
                     "-n", node, "fdb", "append", &mac, "dev", "vx", "dst", &peer_ip,
                 ]))?;
             } else {
-                ip(&["-n", node, "route", "add", &subnet, "via", &peer_ip])?;
+                ipw(&format!(
+                    "-n {node} route add 10.250.{j}.0/24 via {peer_ip}"
+                ))?;
             }
         }
         Ok(f)
     }
 
-    /// (server namespace, server address, client namespace)
-    fn case(&self) -> (String, String, String) {
-        (
-            self.namespaces[4].clone(),
-            "10.250.2.2".into(),
-            self.namespaces[3].clone(),
-        )
+    /// Cross-node: (server namespace, server address, client namespace).
+    fn cross(&self) -> (String, String, String) {
+        let ns = &self.namespaces;
+        (ns[4].clone(), "10.250.2.2".into(), ns[3].clone())
+    }
+
+    /// Same node.
+    fn same(&self) -> (String, String, String) {
+        let ns = &self.namespaces;
+        (ns[5].clone(), "10.250.1.3".into(), ns[3].clone())
     }
 }
 
@@ -423,8 +367,9 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
     )?;
     let _ = std::fs::remove_file(&f);
     let (hg_floor, vx_floor) = (Floor::new(false)?, Floor::new(true)?);
-    let (hfs, hfip, hfc) = hg_floor.case();
-    let (vfs, vfip, vfc) = vx_floor.case();
+    let (hfs, hfip, hfc) = hg_floor.cross();
+    let (vfs, vfip, vfc) = vx_floor.cross();
+    let (sfs, sfip, sfc) = hg_floor.same();
     let cases: Vec<(&str, String, String, String)> = vec![
         (
             "bare veth pair (reference)",
@@ -450,8 +395,9 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
             vx.pod_ip("default/b1")?,
             vx.netns("default.a1"),
         ),
-        ("floor: host-gw by hand, no netfilter", hfs, hfip, hfc),
-        ("floor: vxlan by hand, no netfilter", vfs, vfip, vfc),
+        ("floor: one node's bridge, by hand", sfs, sfip, sfc),
+        ("floor: host-gw by hand", hfs, hfip, hfc),
+        ("floor: vxlan by hand", vfs, vfip, vfc),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     // Interleave the cases run by run, so drift in machine load spreads
@@ -573,21 +519,25 @@ fn main() {
         }
     };
     let r = (|| -> Result<(), String> {
-        let tp = throughput(&o)?;
-        let bare = tp[0].1;
-        println!(
-            "### Pod-to-pod throughput (iperf3, TCP, {} s × {} runs, median)\n",
-            o.seconds, o.runs
-        );
-        println!("| path | Gbit/s | ratio to bare veth | ratio to its floor |");
-        println!("|---|---:|---:|---:|");
-        for (i, (label, g)) in tp.iter().enumerate() {
-            // host-gw and vxlan (rows 2 and 3) against their floors (4, 5).
-            let floor = match i {
-                2 | 3 => format!("{:.2}", g / tp[i + 2].1),
-                _ => "–".to_string(),
-            };
-            println!("| {label} | {g:.2} | {:.2} | {floor} |", g / bare);
+        // `--runs 0`: convergence only.
+        if o.runs > 0 {
+            let tp = throughput(&o)?;
+            let bare = tp[0].1;
+            println!(
+                "### Pod-to-pod throughput (iperf3, TCP, {} s × {} runs, median)\n",
+                o.seconds, o.runs
+            );
+            println!("| path | Gbit/s | ratio to bare veth | ratio to its floor |");
+            println!("|---|---:|---:|---:|");
+            for (i, (label, g)) in tp.iter().enumerate() {
+                // Rows 1–3 (same node, host-gw, vxlan) against their
+                // floors (rows 4–6).
+                let floor = match i {
+                    1..=3 => format!("{:.2}", g / tp[i + 3].1),
+                    _ => "–".to_string(),
+                };
+                println!("| {label} | {g:.2} | {:.2} | {floor} |", g / bare);
+            }
         }
         if o.sizes.is_empty() {
             return Ok(());
