@@ -252,8 +252,8 @@ impl Floor {
             }
         }
         plug(&ns[1], &ns[5], "vp3", 1, 3)?;
-        for i in 1..=2 {
-            let (node, j) = (&ns[i], 3 - i);
+        for (i, node) in ns.iter().enumerate().take(3).skip(1) {
+            let j = 3 - i;
             let peer_ip = format!("172.31.0.1{j}");
             if vxlan {
                 let mac = format!("0e:00:00:00:00:0{j}");
