@@ -308,6 +308,9 @@ fn check_duplicates(objs: &[Object]) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Each node's pod subnet size: the agent's default `--node-subnet-size`.
+const NODE_PREFIX: u8 = 24;
+
 fn add_node(
     env: &LabEnv,
     st: &mut LabState,
@@ -353,6 +356,23 @@ fn add_node(
             address: name.to_string(),
         },
     ]);
+    // The lab is the control plane: like kube-controller-manager's node
+    // IPAM, it gives a registering Node its pod subnet, so every agent
+    // routes to the node as soon as it appears instead of waiting for the
+    // node's own agent to start and take one. Same allocator and file as
+    // the agents' (`.weft/podcidrs.json`, under its lock).
+    let has_cidr = node.spec.as_ref().is_some_and(|s| {
+        s.pod_cidrs.as_ref().is_some_and(|p| !p.is_empty()) || s.pod_cidr.is_some()
+    });
+    if !has_cidr {
+        let mut cluster = weft_model::ClusterState::default();
+        for o in manifest::load(&dir.join("cluster")).unwrap_or_default() {
+            cluster.apply(o);
+        }
+        weft_agent::subnet::Allocations::new(&dir.join("cluster"))
+            .ensure(name, st.cluster_cidr, NODE_PREFIX, &cluster)
+            .map_err(|e| msg(format!("pod subnet for node {name}: {e}")))?;
+    }
     store(dir, &Object::Node(std::sync::Arc::new(node)))?;
     let pid = start_agent(env, st, dir, name, &netns)?;
     if let Some(n) = st.nodes.iter_mut().find(|n| n.name == name) {
