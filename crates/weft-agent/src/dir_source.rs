@@ -24,10 +24,15 @@ use weft_model::{manifest, ClusterState, Object};
 const POLL: Duration = Duration::from_millis(20);
 /// How often every file's mtime is checked, for in-place edits.
 const FULL_SCAN: Duration = Duration::from_secs(1);
+/// Directory mtimes come from a coarse clock (a few ms on Linux); a
+/// directory changed this close to a scan is scanned again.
+const RACY: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct FileCache {
-    stamp: Option<(SystemTime, u64)>,
+    /// mtime, length and inode: writers replace files by rename, which
+    /// gives a new inode even when time and length look the same.
+    stamp: Option<(SystemTime, u64, u64)>,
     objects: Vec<Object>,
 }
 
@@ -35,6 +40,8 @@ pub struct DirSource {
     root: PathBuf,
     files: BTreeMap<PathBuf, FileCache>,
     dir_stamps: Vec<(PathBuf, Option<SystemTime>)>,
+    /// When the last scan started.
+    scanned_at: SystemTime,
     last: Option<ClusterState>,
     transform: Option<Transform>,
 }
@@ -71,6 +78,7 @@ impl DirSource {
             root,
             files: BTreeMap::new(),
             dir_stamps: Vec::new(),
+            scanned_at: SystemTime::UNIX_EPOCH,
             last: None,
             transform: None,
         }
@@ -83,14 +91,20 @@ impl DirSource {
 
     fn dirs_changed(&self) -> bool {
         self.dir_stamps.is_empty()
-            || self
-                .dir_stamps
-                .iter()
-                .any(|(d, m)| std::fs::metadata(d).and_then(|m| m.modified()).ok() != *m)
+            || self.dir_stamps.iter().any(|(d, m)| {
+                // A directory changed within RACY of the last scan may have
+                // changed again after it in the same clock tick (a file
+                // written, then renamed into place), leaving its mtime as
+                // the scan saw it: look again.
+                let racy =
+                    m.is_some_and(|m| self.scanned_at.duration_since(m).map_or(true, |d| d < RACY));
+                racy || std::fs::metadata(d).and_then(|m| m.modified()).ok() != *m
+            })
     }
 
     /// Rescans; returns a new state when it differs from the last one.
     pub fn scan(&mut self, metrics: &Metrics) -> Option<ClusterState> {
+        self.scanned_at = SystemTime::now();
         let mut dirs = Vec::new();
         let mut paths = Vec::new();
         walk(&self.root, &mut dirs, &mut paths);
@@ -111,7 +125,10 @@ impl DirSource {
             let Ok(md) = std::fs::metadata(&p) else {
                 continue;
             };
-            let stamp = md.modified().ok().map(|m| (m, md.len()));
+            let stamp = md
+                .modified()
+                .ok()
+                .map(|m| (m, md.len(), std::os::unix::fs::MetadataExt::ino(&md)));
             let entry = self.files.entry(p.clone()).or_default();
             if entry.stamp.is_some() && entry.stamp == stamp {
                 continue;
