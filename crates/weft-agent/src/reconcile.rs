@@ -29,6 +29,8 @@ pub struct Reconciler {
     last_bridge: Option<String>,
     /// The pod bridge's address, once the agent has made sure of it.
     bridge_mac: Option<[u8; 6]>,
+    /// Whether br_netfilter and redirects are known to be off.
+    bridge_sysctls_done: bool,
     proxy: ServiceProxy,
 }
 
@@ -56,6 +58,7 @@ impl Reconciler {
             last_conflist: None,
             last_bridge: None,
             bridge_mac: None,
+            bridge_sysctls_done: false,
             proxy,
         })
     }
@@ -92,6 +95,7 @@ impl Reconciler {
         self.last_conflist = None;
         self.last_bridge = None;
         self.bridge_mac = None;
+        self.bridge_sysctls_done = false;
         self.proxy.recheck();
     }
 
@@ -231,20 +235,24 @@ impl Reconciler {
                 .map_err(err("bridge rules"))?;
             self.last_bridge = Some(rules);
         }
-        // Bridged frames skip the IP hooks; without br_netfilter loaded
-        // there is nothing to turn off. The node routes replies back out
-        // the bridge they came in on, which is no reason to tell the
-        // backend to go direct.
-        for key in [
-            "net/bridge/bridge-nf-call-iptables",
-            "net/bridge/bridge-nf-call-ip6tables",
-        ] {
-            if Path::new("/proc/sys").join(key).exists() {
-                ensure_sysctl(key, "0")?;
+        if !self.bridge_sysctls_done {
+            // Bridged frames skip the IP hooks; without br_netfilter
+            // loaded there is nothing to turn off. The node routes replies
+            // back out the bridge they came in on, which is no reason to
+            // tell the backend to go direct. Checked once, and again at
+            // each resync (`forget`), not on every sync.
+            for key in [
+                "net/bridge/bridge-nf-call-iptables",
+                "net/bridge/bridge-nf-call-ip6tables",
+            ] {
+                if Path::new("/proc/sys").join(key).exists() {
+                    ensure_sysctl(key, "0")?;
+                }
             }
+            ensure_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
+            ensure_sysctl(&format!("net/ipv4/conf/{BRIDGE}/send_redirects"), "0")?;
+            self.bridge_sysctls_done = true;
         }
-        ensure_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
-        ensure_sysctl(&format!("net/ipv4/conf/{BRIDGE}/send_redirects"), "0")?;
         Ok(())
     }
 

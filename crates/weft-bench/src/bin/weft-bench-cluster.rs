@@ -85,17 +85,9 @@ fn ip(args: &[&str]) -> Result<String, String> {
     run(Command::new("ip").args(args))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median, NaN for no samples (`weft_bench::stats::median`).
+fn median(v: &[f64]) -> f64 {
+    weft_bench::stats::median(v).unwrap_or(f64::NAN)
 }
 
 /// A lab removed on drop.
@@ -418,7 +410,7 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
     Ok(cases
         .iter()
         .zip(samples)
-        .map(|((l, ..), s)| (l.to_string(), median(s)))
+        .map(|((l, ..), s)| (l.to_string(), median(&s)))
         .collect())
 }
 
@@ -555,11 +547,7 @@ fn main() {
         for &n in &o.sizes {
             let v = convergence(&o, n)?;
             let max = v.iter().cloned().fold(0.0, f64::max);
-            println!(
-                "| {n} | {} | {:.0} | {max:.0} |",
-                v.len(),
-                median(v.clone())
-            );
+            println!("| {n} | {} | {:.0} | {max:.0} |", v.len(), median(&v));
         }
         Ok(())
     })();
