@@ -65,6 +65,10 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Full resync period: repairs drift even when nothing changes.
     pub resync: Duration,
+    /// BIG TCP on the host-gw backend (`reconcile::BIG_TCP_SIZE`).
+    pub big_tcp: bool,
+    /// Receive packet steering on pods' host-side veths (`weft_kernel::rps`).
+    pub rps: bool,
 }
 
 impl AgentConfig {

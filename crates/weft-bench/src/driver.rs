@@ -116,7 +116,7 @@ impl<'a> Worker<'a> {
                 if verb == "ADD" {
                     let ns = NetNs::open(&pod.netns_path)?;
                     let start = Instant::now();
-                    net.create_veth(&pod.floor_veth, "eth0", ns.raw_fd(), None, None)?;
+                    net.create_veth(&pod.floor_veth, "eth0", ns.raw_fd(), None, None, None)?;
                     Ok(start.elapsed())
                 } else {
                     let link = net

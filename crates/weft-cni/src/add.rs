@@ -302,7 +302,14 @@ fn setup(
     let host_veth = host_veth_name(id, ifname);
     // Mark before creating: a half-made pair is still ours to remove.
     done.veth = Some(host_veth.clone());
-    host.create_veth(&host_veth, ifname, netns.raw_fd(), conf.mtu, mac)
+    host.create_veth(
+        &host_veth,
+        ifname,
+        netns.raw_fd(),
+        conf.mtu,
+        mac,
+        conf.gso_max_size,
+    )
         .map_err(|e| {
             if e.is_exists() {
                 CniError::new(
@@ -319,6 +326,22 @@ fn setup(
         .ok_or_else(|| CniError::new(Code::Internal, format!("{host_veth} vanished")))?;
     host.attach_port(hv.index, bridge.index, conf.hairpin_mode)
         .map_err(k("attach veth to bridge"))?;
+    if conf.rps {
+        // An optimisation only: a node whose /sys cannot be written (or
+        // shows another namespace) still gets a working pod.
+        if let Err(e) = weft_kernel::rps::spread(Path::new("/sys"), &host_veth, hv.index) {
+            eprintln!("weft-cni: {host_veth}: receive packet steering not set: {e}");
+        }
+    }
+    if let Some(g) = conf.gso_max_size {
+        // A bridge starts at 64 KiB and never takes its ports' limit; the
+        // node routes to its pods through it. Only now, with a port, does
+        // the kernel let it go higher.
+        if bridge.gso_ipv4_max < g {
+            host.set_gso_ipv4_max(bridge.index, g)
+                .map_err(k("raise bridge GSO size"))?;
+        }
+    }
     if let Some(vid) = conf.vlan {
         host.set_port_vlan(hv.index, vid)
             .map_err(k("set port vlan"))?;

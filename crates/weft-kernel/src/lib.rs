@@ -12,6 +12,7 @@ pub mod net;
 pub mod netns;
 pub mod nft;
 pub mod overlay;
+pub mod rps;
 pub mod sysctl;
 
 pub use error::KernelError;

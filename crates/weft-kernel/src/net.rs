@@ -29,6 +29,8 @@ pub struct Link {
     pub controller: Option<u32>,
     pub kind: Option<String>,
     pub alias: Option<String>,
+    /// IPv4 GSO limit (0 where the kernel does not say).
+    pub gso_ipv4_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,7 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         controller: None,
         kind: None,
         alias: None,
+        gso_ipv4_max: 0,
     };
     for a in &m.attributes {
         match a {
@@ -76,6 +79,7 @@ fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
             LinkAttribute::Address(b) => l.mac = format_mac(b),
             LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::GsoIpv4MaxSize(v) => l.gso_ipv4_max = *v,
             LinkAttribute::Controller(c) => l.controller = Some(*c),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -208,6 +212,41 @@ impl Net {
         self.set_link(msg, "set MAC address")
     }
 
+    /// The largest TSO frame the link's driver takes (`IFLA_TSO_MAX_SIZE`).
+    pub fn tso_max_size(&self, index: u32) -> Result<Option<u32>, KernelError> {
+        Ok(self.link_attrs(index)?.and_then(|a| {
+            a.iter().find_map(|a| match a {
+                LinkAttribute::TsoMaxSize(v) => Some(*v),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Sets the link's IPv4 GSO and GRO limits (BIG TCP when above 64 KiB).
+    pub fn set_gso_ipv4_max(&self, index: u32, size: u32) -> Result<(), KernelError> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::GsoIpv4MaxSize(size));
+        msg.attributes.push(LinkAttribute::GroIpv4MaxSize(size));
+        self.set_link(msg, "set GSO/GRO size")
+    }
+
+    fn link_attrs(&self, index: u32) -> Result<Option<Vec<LinkAttribute>>, KernelError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            match h.link().get().match_index(index).execute().try_next().await {
+                Ok(m) => Ok(m.map(|m| m.attributes)),
+                Err(e) => {
+                    let ke = KernelError::netlink(format!("get link #{index}"), e);
+                    if ke.is_not_found() {
+                        Ok(None)
+                    } else {
+                        Err(ke)
+                    }
+                }
+            }
+        })
+    }
+
     fn set_link(&self, msg: LinkMessage, op: &str) -> Result<(), KernelError> {
         let h = self.handle.clone();
         self.rt
@@ -218,6 +257,9 @@ impl Net {
     /// Creates a veth pair whose peer is born directly inside `peer_ns`
     /// with its final name, so there is no rename and no moment when the
     /// container's interface sits in the host namespace.
+    ///
+    /// `gso_max` raises both ends' IPv4 GSO and GRO limits (BIG TCP) in
+    /// the same message, so the pair is never seen with the default.
     pub fn create_veth(
         &self,
         host: &str,
@@ -225,6 +267,7 @@ impl Net {
         peer_ns: RawFd,
         mtu: Option<u32>,
         peer_mac: Option<&[u8]>,
+        gso_max: Option<u32>,
     ) -> Result<(), KernelError> {
         let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
@@ -240,7 +283,14 @@ impl Net {
             b = b.mtu(m);
         }
         let mut msg = b.build();
-        let mut peer_msg = Some(pb.build());
+        let mut pm = pb.build();
+        if let Some(g) = gso_max {
+            for m in [&mut msg, &mut pm] {
+                m.attributes.push(LinkAttribute::GsoIpv4MaxSize(g));
+                m.attributes.push(LinkAttribute::GroIpv4MaxSize(g));
+            }
+        }
+        let mut peer_msg = Some(pm);
         for a in msg.attributes.iter_mut() {
             if let LinkAttribute::LinkInfo(infos) = a {
                 for i in infos.iter_mut() {

@@ -64,7 +64,9 @@ pub fn kill_group(pid: u32) {
 }
 
 /// Plugs namespace `ns` into the underlay bridge: `eth0` with `addr` inside,
-/// `port` on the bridge in `underlay`.
+/// `port` on the bridge in `underlay`. The port takes BIG TCP packets,
+/// as a NIC that supports them would: the agent decides whether the
+/// node's end (its uplink) and its pods use them.
 pub fn plug(
     underlay: &str,
     port: &str,
@@ -78,6 +80,7 @@ pub fn plug(
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ],
     )?;
+    set_gso(underlay, port)?;
     ipn(underlay, &["link", "set", port, "master", "ul0", "up"])?;
     ipn(ns, &["addr", "add", addr, "dev", "eth0"])?;
     ipn(ns, &["link", "set", "eth0", "up"])?;
@@ -85,4 +88,20 @@ pub fn plug(
         ipn(ns, &["route", "add", "default", "via", gw])?;
     }
     Ok(())
+}
+
+/// Raises `dev` in namespace `ns` to the agent's BIG TCP size (iproute2
+/// 6.1 has no words for the IPv4 limits, so through netlink).
+fn set_gso(ns: &str, dev: &str) -> Result<(), LabError> {
+    let fail = |e: weft_kernel::KernelError| LabError::Msg(format!("{ns}: {dev}: GSO size: {e}"));
+    let netns = weft_kernel::netns::NetNs::open(&Path::new("/run/netns").join(ns)).map_err(fail)?;
+    netns
+        .run(|| {
+            let net = weft_kernel::net::Net::new()?;
+            let link = net
+                .link_by_name(dev)?
+                .ok_or_else(|| weft_kernel::KernelError::Other(format!("no link {dev}")))?;
+            net.set_gso_ipv4_max(link.index, weft_agent::reconcile::BIG_TCP_SIZE)
+        })
+        .map_err(fail)
 }

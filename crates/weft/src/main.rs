@@ -70,6 +70,16 @@ struct AgentArgs {
     /// Full resync period in seconds.
     #[arg(long, default_value_t = 30)]
     resync_secs: u64,
+    /// Leave pods' GSO/GRO limits at 64 KiB. By default the host-gw
+    /// backend gives pods BIG TCP (192 KiB) where the node's uplink can
+    /// take it; vxlan never does (its outer UDP length caps a packet).
+    #[arg(long)]
+    no_big_tcp: bool,
+    /// Leave pods' packets to be routed on the CPU that sent them. By
+    /// default weft-cni lets every CPU take the receive work of a pod's
+    /// host-side veth (receive packet steering), by flow.
+    #[arg(long)]
+    no_rps: bool,
     /// text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -206,6 +216,8 @@ fn run(cli: Cli) -> Result<i32> {
                 ipam_data_dir: a.ipam_data_dir,
                 metrics_addr: Some(a.metrics_addr),
                 resync: std::time::Duration::from_secs(a.resync_secs.max(1)),
+                big_tcp: !a.no_big_tcp,
+                rps: !a.no_rps,
             })?;
             Ok(0)
         }

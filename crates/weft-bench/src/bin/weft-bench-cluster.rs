@@ -3,10 +3,11 @@
 //! 1. iperf3 throughput, each as a ratio of a bare veth pair between two
 //!    namespaces measured in the same run: pod→pod on one node, and across
 //!    nodes with host-gw and with vxlan. Each path is also given against
-//!    its kernel floor: the same topology built by hand (underlay bridge,
-//!    node bridges, flannel-style VXLAN or plain routes) with no netfilter
-//!    at all, which is what any CNI on these kernel devices can at best
-//!    reach.
+//!    a bare veth pair tuned as weft tunes pods (BIG TCP, receive packet
+//!    steering), and against its kernel floor: the same topology built by
+//!    hand (underlay bridge, node bridges, flannel-style VXLAN or plain
+//!    routes, weft's device settings) with no netfilter at all, which is
+//!    what any CNI on these kernel devices can at best reach.
 //! 2. Convergence: the time from `weft lab apply` of a new Node until every
 //!    existing node's agent has installed its route, at several cluster
 //!    sizes. Agents log each route with a timestamp; the figure is the
@@ -144,11 +145,14 @@ struct Bare {
 }
 
 impl Bare {
-    fn new() -> Result<Bare, String> {
+    /// `tuned`: as weft tunes pods on host-gw: both ends at the BIG TCP
+    /// size, and receive packet steering on the receiving end.
+    fn new(tuned: bool) -> Result<Bare, String> {
         let p = std::process::id();
+        let t = if tuned { "tuned" } else { "std" };
         let bare = Bare {
-            a: format!("wbc-a-{p}"),
-            b: format!("wbc-b-{p}"),
+            a: format!("wbc-a{t}-{p}"),
+            b: format!("wbc-b{t}-{p}"),
         };
         ip(&["netns", "add", &bare.a])?;
         ip(&["netns", "add", &bare.b])?;
@@ -160,6 +164,12 @@ impl Bare {
             ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            if tuned {
+                big_tcp(ns, &["eth0"])?;
+            }
+        }
+        if tuned {
+            rps(&bare.b, &["eth0"])?;
         }
         Ok(bare)
     }
@@ -183,6 +193,40 @@ struct Floor {
 /// `ip` with its arguments in one string (none of them has spaces).
 fn ipw(args: &str) -> Result<String, String> {
     ip(&args.split_whitespace().collect::<Vec<_>>())
+}
+
+/// Raises `devs` in namespace `ns` to weft's BIG TCP size, as the agent
+/// and weft-cni do on host-gw (iproute2 6.1 cannot, so through netlink).
+fn big_tcp(ns: &str, devs: &[&str]) -> Result<(), String> {
+    let netns = weft_kernel::netns::NetNs::open(&Path::new("/run/netns").join(ns))
+        .map_err(|e| e.to_string())?;
+    netns
+        .run(|| {
+            let net = weft_kernel::net::Net::new()?;
+            for d in devs {
+                let l = net
+                    .link_by_name(d)?
+                    .ok_or_else(|| weft_kernel::KernelError::Other(format!("{ns}: no link {d}")))?;
+                net.set_gso_ipv4_max(l.index, weft_agent::reconcile::BIG_TCP_SIZE)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("{ns}: BIG TCP: {e}"))
+}
+
+/// Receive packet steering over every online CPU for `devs` in `ns`, as
+/// weft-cni sets it on a pod's host-side veth (sysfs, so through
+/// `ip netns exec`, which mounts the namespace's own).
+fn rps(ns: &str, devs: &[&str]) -> Result<(), String> {
+    let online =
+        std::fs::read_to_string("/sys/devices/system/cpu/online").map_err(|e| e.to_string())?;
+    let mask = weft_kernel::rps::mask_of(&online).ok_or("cannot parse the online CPUs")?;
+    for d in devs {
+        let script =
+            format!("for q in /sys/class/net/{d}/queues/rx-*; do echo {mask} > $q/rps_cpus; done");
+        run(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &script]))?;
+    }
+    Ok(())
 }
 
 impl Floor {
@@ -244,6 +288,17 @@ impl Floor {
             }
         }
         plug(&ns[1], &ns[5], "vp3", 1, 3)?;
+        rps(&ns[1], &["vp", "vp3"])?;
+        rps(&ns[2], &["vp"])?;
+        if !vxlan {
+            // As weft's host-gw: every device a packet is sent through.
+            big_tcp(u, &["u1", "u2"])?;
+            big_tcp(&ns[1], &["eth0", "cni0", "vp", "vp3"])?;
+            big_tcp(&ns[2], &["eth0", "cni0", "vp"])?;
+            for pod in &ns[3..] {
+                big_tcp(pod, &["eth0"])?;
+            }
+        }
         for (i, node) in ns.iter().enumerate().take(3).skip(1) {
             let j = 3 - i;
             let peer_ip = format!("172.31.0.1{j}");
@@ -341,12 +396,14 @@ fn parse_bps(json: &str) -> Result<f64, String> {
     num.parse().map_err(|_| format!("bad number {num:?}"))
 }
 
-fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
+/// Each path's median Gbit/s, with the index of its floor's row.
+fn throughput(o: &Opts) -> Result<Vec<(String, f64, Option<usize>)>, String> {
     let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
     let f = std::env::temp_dir().join(format!("wbc-pods-{}.yaml", std::process::id()));
     std::fs::write(&f, pods).map_err(|e| e.to_string())?;
     let fs = f.to_str().unwrap_or_default().to_string();
-    let bare = Bare::new()?;
+    let bare = Bare::new(false)?;
+    let bare_big = Bare::new(true)?;
     let vx = Lab::up(
         &o.weft,
         "wbc-vxlan",
@@ -361,47 +418,74 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
     let (hg_floor, vx_floor) = (Floor::new(false)?, Floor::new(true)?);
     let (hfs, hfip, hfc) = hg_floor.cross();
     let (vfs, vfip, vfc) = vx_floor.cross();
-    let (sfs, sfip, sfc) = hg_floor.same();
-    let cases: Vec<(&str, String, String, String)> = vec![
+    let (hss, hsip, hsc) = hg_floor.same();
+    let (vss, vsip, vsc) = vx_floor.same();
+    // (label, server netns, server IP, client netns, index of its floor)
+    let cases: Vec<(&str, String, String, String, Option<usize>)> = vec![
         (
             "bare veth pair (reference)",
             bare.b.clone(),
             "10.99.0.2".into(),
             bare.a.clone(),
+            None,
         ),
         (
-            "pod→pod, same node (host-gw lab, MTU 1500)",
+            "bare veth pair, tuned (BIG TCP, RPS)",
+            bare_big.b.clone(),
+            "10.99.0.2".into(),
+            bare_big.a.clone(),
+            None,
+        ),
+        (
+            "pod→pod, same node (host-gw lab: MTU 1500, BIG TCP)",
             hg.netns("default.a2"),
             hg.pod_ip("default/a2")?,
             hg.netns("default.a1"),
+            Some(6),
         ),
         (
-            "pod→pod, same node (vxlan lab, MTU 1450)",
+            "pod→pod, same node (vxlan lab: MTU 1450)",
             vx.netns("default.a2"),
             vx.pod_ip("default/a2")?,
             vx.netns("default.a1"),
+            Some(7),
         ),
         (
             "pod→pod, cross-node host-gw",
             hg.netns("default.b1"),
             hg.pod_ip("default/b1")?,
             hg.netns("default.a1"),
+            Some(8),
         ),
         (
             "pod→pod, cross-node vxlan",
             vx.netns("default.b1"),
             vx.pod_ip("default/b1")?,
             vx.netns("default.a1"),
+            Some(9),
         ),
-        ("floor: one node's bridge, by hand", sfs, sfip, sfc),
-        ("floor: host-gw by hand", hfs, hfip, hfc),
-        ("floor: vxlan by hand", vfs, vfip, vfc),
+        (
+            "floor: one node's bridge (BIG TCP, RPS)",
+            hss,
+            hsip,
+            hsc,
+            None,
+        ),
+        (
+            "floor: one node's bridge, MTU 1450 (RPS)",
+            vss,
+            vsip,
+            vsc,
+            None,
+        ),
+        ("floor: host-gw (BIG TCP, RPS)", hfs, hfip, hfc, None),
+        ("floor: vxlan (RPS)", vfs, vfip, vfc, None),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     // Interleave the cases run by run, so drift in machine load spreads
     // evenly over them instead of favouring whichever ran first.
     for r in 0..o.runs {
-        for (i, (label, sns, sip, cns)) in cases.iter().enumerate() {
+        for (i, (label, sns, sip, cns, _)) in cases.iter().enumerate() {
             let g = iperf(sns, sip, cns, o.seconds)?;
             eprintln!("run {}: {label}: {g:.2} Gbit/s", r + 1);
             samples[i].push(g);
@@ -410,7 +494,7 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64)>, String> {
     Ok(cases
         .iter()
         .zip(samples)
-        .map(|((l, ..), s)| (l.to_string(), median(&s)))
+        .map(|((l, .., floor), s)| (l.to_string(), median(&s), *floor))
         .collect())
 }
 
@@ -525,17 +609,18 @@ fn main() {
                 "### Pod-to-pod throughput (iperf3, TCP, {} s × {} runs, median)\n",
                 o.seconds, o.runs
             );
-            println!("| path | Gbit/s | ratio to bare veth | ratio to its floor |");
-            println!("|---|---:|---:|---:|");
-            for (i, (label, g)) in tp.iter().enumerate() {
-                // The pod rows against their floors (same order as
-                // `throughput` lists them).
-                let floor = match i {
-                    1 | 2 => format!("{:.2}", g / tp[5].1),
-                    3 | 4 => format!("{:.2}", g / tp[i + 3].1),
-                    _ => "–".to_string(),
-                };
-                println!("| {label} | {g:.2} | {:.2} | {floor} |", g / bare);
+            println!(
+                "| path | Gbit/s | ratio to bare veth | ratio to tuned bare veth | ratio to its floor |"
+            );
+            println!("|---|---:|---:|---:|---:|");
+            let big = tp[1].1;
+            for (label, g, floor) in &tp {
+                let floor = floor.map_or("–".to_string(), |f| format!("{:.2}", g / tp[f].1));
+                println!(
+                    "| {label} | {g:.2} | {:.2} | {:.2} | {floor} |",
+                    g / bare,
+                    g / big
+                );
             }
         }
         if o.sizes.is_empty() {

@@ -39,6 +39,16 @@ pub struct NetConf {
     pub ip_masq: bool,
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// weft's own key, not the reference plugin's: the IPv4 GSO and GRO
+    /// limit of both veth ends, above 64 KiB for BIG TCP. The agent sets it
+    /// only where every device a pod's packets cross can take it.
+    #[serde(default)]
+    pub gso_max_size: Option<u32>,
+    /// weft's own key: let every CPU take the receive work of the host
+    /// end of the pair (receive packet steering), so a pod's packets are
+    /// routed on another CPU than the one that sent them.
+    #[serde(default)]
+    pub rps: bool,
     #[serde(default)]
     pub hairpin_mode: bool,
     #[serde(default)]
@@ -201,6 +211,14 @@ impl NetConf {
                 return Err(invalid_config(format!("mtu: {mtu} is outside 68..65535")));
             }
         }
+        if let Some(g) = self.gso_max_size {
+            // The kernel's GSO_MAX_SIZE is 512 KiB.
+            if !(65_536..=524_288).contains(&g) {
+                return Err(invalid_config(format!(
+                    "gsoMaxSize: {g} is outside 65536..524288"
+                )));
+            }
+        }
         if let Some(vlan) = self.vlan {
             if vlan > 4094 {
                 return Err(invalid_config(format!("vlan: {vlan} is outside 0..4094")));
@@ -337,6 +355,10 @@ mod tests {
         assert_eq!(e.code, Code::InvalidConfig);
         assert!(e.msg.starts_with("ipam.ranges[0][0].subnet"), "{}", e.msg);
 
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","gsoMaxSize":1000}"#).unwrap_err();
+        assert!(e.msg.starts_with("gsoMaxSize:"), "{}", e.msg);
+        let (c, _) = NetConf::parse(br#"{"cniVersion":"1.0.0","gsoMaxSize":196608}"#).unwrap();
+        assert_eq!(c.gso_max_size, Some(196_608));
         let e = NetConf::parse(br#"{"cniVersion":"1.0.0","mtu":"big"}"#).unwrap_err();
         assert!(e.msg.starts_with("mtu:"), "{}", e.msg);
 
