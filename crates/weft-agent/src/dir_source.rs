@@ -45,6 +45,8 @@ pub struct DirSource {
     dir_stamps: Vec<(PathBuf, Option<SystemTime>)>,
     /// When the last scan started.
     scanned_at: SystemTime,
+    /// Set when a scan left a file for later (caught mid-write).
+    rescan_soon: bool,
     last: Option<ClusterState>,
     transform: Option<Transform>,
 }
@@ -82,6 +84,7 @@ impl DirSource {
             files: BTreeMap::new(),
             dir_stamps: Vec::new(),
             scanned_at: SystemTime::UNIX_EPOCH,
+            rescan_soon: false,
             last: None,
             transform: None,
         }
@@ -108,6 +111,7 @@ impl DirSource {
     /// Rescans; returns a new state when it differs from the last one.
     pub fn scan(&mut self, metrics: &Metrics) -> Option<ClusterState> {
         self.scanned_at = SystemTime::now();
+        self.rescan_soon = false;
         let mut dirs = Vec::new();
         let mut paths = Vec::new();
         walk(&self.root, &mut dirs, &mut paths);
@@ -134,12 +138,14 @@ impl DirSource {
                 .map(|m| (m, md.len(), std::os::unix::fs::MetadataExt::ino(&md)));
             // An empty file changed just now is most likely being written
             // (truncated, not yet filled): keep what it held, and look
-            // again at the next scan.
+            // again once the moment has passed (`run` does). An mtime in
+            // the future (a clock stepped back) is not "just now".
             let fresh = md
                 .modified()
                 .ok()
-                .is_some_and(|m| self.scanned_at.duration_since(m).map_or(true, |d| d < RACY));
+                .is_some_and(|m| self.scanned_at.duration_since(m).is_ok_and(|d| d < RACY));
             if md.len() == 0 && fresh && self.files.contains_key(&p) {
+                self.rescan_soon = true;
                 continue;
             }
             let entry = self.files.entry(p.clone()).or_default();
@@ -183,13 +189,9 @@ impl DirSource {
     /// Watches forever, publishing each new state. Woken by inotify on
     /// every directory scanned; the mtime checks and the periodic full
     /// scan stay as a net for what inotify cannot see (a full queue, a
-    /// filesystem without events).
+    /// filesystem without events, a watch the kernel refused).
     pub fn run(mut self, out: Arc<Latest<ClusterState>>, metrics: Arc<Metrics>) {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let mut last_full = Instant::now();
-        if let Some(s) = self.scan(&metrics) {
-            out.publish(s);
-        }
         // 50 agents polling every 20 ms is 2,500 wakeups a second on a lab
         // host, and up to 20 ms before one sees a change.
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -203,43 +205,94 @@ impl DirSource {
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_CLOSE_WRITE;
-        let watch = |s: &DirSource| {
-            if let Some(i) = &inotify {
-                // Adding a watch twice is a no-op; new directories get one
-                // after the scan that found them.
-                for (d, _) in &s.dir_stamps {
-                    let _ = i.add_watch(d.as_path(), mask);
+        let mut watched: std::collections::HashSet<PathBuf> = Default::default();
+        // Every directory still unwatched gets a watch. True if any did:
+        // a file may have landed in it before its watch, so scan again.
+        let mut degraded = inotify.is_none();
+        let mut watch = |dirs: &[(PathBuf, Option<SystemTime>)], degraded: &mut bool| {
+            let Some(i) = &inotify else { return false };
+            let mut added = false;
+            for (d, _) in dirs {
+                if watched.contains(d) {
+                    continue;
+                }
+                match i.add_watch(d.as_path(), mask) {
+                    Ok(_) => {
+                        watched.insert(d.clone());
+                        added = true;
+                    }
+                    Err(e) => {
+                        if !*degraded {
+                            tracing::warn!(dir = %d.display(), error = %e, "cannot watch; polling");
+                        }
+                        *degraded = true;
+                    }
                 }
             }
+            added
         };
-        watch(&self);
+        let root = [(self.root.clone(), None)];
+        watch(&root, &mut degraded);
+        let mut last_full = Instant::now();
+        let mut scan_now = true;
         loop {
-            let woken = match &inotify {
-                Some(i) => {
-                    let fd = std::os::fd::AsFd::as_fd(i);
-                    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-                    let ms = u16::try_from(POLL_WATCHED.as_millis()).unwrap_or(u16::MAX);
-                    let ready = nix::poll::poll(&mut fds, ms).unwrap_or(0) > 0;
-                    if ready {
-                        // Drain; the scan reads the directories itself.
-                        while i.read_events().is_ok_and(|e| !e.is_empty()) {}
-                    }
-                    ready
-                }
-                None => {
-                    std::thread::sleep(POLL);
-                    false
-                }
-            };
-            if woken || self.dirs_changed() || last_full.elapsed() >= FULL_SCAN {
+            if scan_now {
                 last_full = Instant::now();
                 if let Some(s) = self.scan(&metrics) {
                     out.publish(s);
                 }
-                watch(&self);
+                scan_now = watch(&self.dir_stamps, &mut degraded);
+                if scan_now {
+                    continue;
+                }
             }
+            let mut wait = if degraded { POLL } else { POLL_WATCHED };
+            if self.rescan_soon {
+                wait = wait.min(RACY);
+            }
+            let woken = match &inotify {
+                Some(i) => {
+                    let fd = std::os::fd::AsFd::as_fd(i);
+                    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+                    match nix::poll::poll(&mut fds, ms) {
+                        Ok(n) if n > 0 => drain(i),
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => false,
+                        Err(_) => {
+                            std::thread::sleep(POLL);
+                            false
+                        }
+                    }
+                }
+                None => {
+                    std::thread::sleep(wait);
+                    false
+                }
+            };
+            scan_now = woken
+                || self.rescan_soon
+                || self.dirs_changed()
+                || last_full.elapsed() >= FULL_SCAN;
         }
     }
+}
+
+/// Reads every queued event; true if one may change the state. A writer
+/// that renames files into place first writes `<name>.tmp`, and those
+/// events alone are not worth a scan.
+fn drain(i: &nix::sys::inotify::Inotify) -> bool {
+    let mut any = false;
+    while let Ok(events) = i.read_events() {
+        if events.is_empty() {
+            break;
+        }
+        any |= events.iter().any(|e| {
+            e.name
+                .as_ref()
+                .is_none_or(|n| !n.to_string_lossy().ends_with(".tmp"))
+        });
+    }
+    any
 }
 
 #[cfg(test)]

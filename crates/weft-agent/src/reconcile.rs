@@ -195,7 +195,7 @@ impl Reconciler {
             Backend::Vxlan { .. } => local.underlay_mtu.saturating_sub(routes::VXLAN_OVERHEAD),
         };
         self.sync_bridge(snapshot, mtu)?;
-        let gso = self.pod_gso(underlay_index)?;
+        let gso = self.pod_gso(underlay_index);
         let conflist = conflist(&cfg, &me.pod_cidrs, mtu, gso);
         if self.last_conflist.as_deref() != Some(&conflist) {
             write_atomic(&cfg.cni_conf_dir.join(&cfg.cni_conf_name), &conflist)
@@ -270,40 +270,46 @@ impl Reconciler {
 
     /// The GSO limit for new pods: BIG TCP on host-gw, capped by what the
     /// uplink's driver takes, with the uplink raised to match (the pods'
-    /// packets leave through it; weft-cni raises the bridge). VXLAN cannot carry a packet over 64 KiB:
-    /// its outer UDP length field is 16 bits.
-    fn pod_gso(&mut self, uplink: u32) -> Result<Option<u32>, AgentError> {
+    /// packets leave through it; weft-cni raises the bridge).
+    ///
+    /// Never on vxlan: its outer UDP length field is 16 bits, so it cannot
+    /// carry a packet over 64 KiB.
+    ///
+    /// An optimisation, so a failure is logged and the pods get the
+    /// default; it is not retried until the next resync.
+    fn pod_gso(&mut self, uplink: u32) -> Option<u32> {
         if let Some(g) = self.gso {
-            return Ok(g);
+            return g;
         }
         let g = match self.cfg.backend {
-            Backend::HostGw if self.cfg.big_tcp => {
-                let tso = self
-                    .net
-                    .tso_max_size(uplink)
-                    .map_err(err("read uplink"))?
-                    .unwrap_or(0);
-                let size = BIG_TCP_SIZE.min(tso);
-                if size > 65_536 {
-                    let cur = self
-                        .net
-                        .link_by_index(uplink)
-                        .map_err(err("read uplink"))?
-                        .map_or(0, |l| l.gso_ipv4_max);
-                    if cur < size {
-                        self.net
-                            .set_gso_ipv4_max(uplink, size)
-                            .map_err(err("uplink GSO size"))?;
-                    }
-                    Some(size)
-                } else {
+            Backend::HostGw if self.cfg.big_tcp => match self.raise_uplink(uplink) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "BIG TCP left off");
                     None
                 }
-            }
+            },
             _ => None,
         };
         self.gso = Some(g);
-        Ok(g)
+        g
+    }
+
+    fn raise_uplink(&self, uplink: u32) -> Result<Option<u32>, weft_kernel::KernelError> {
+        let read = |net: &Net| {
+            net.link_by_index(uplink)?
+                .ok_or_else(|| weft_kernel::KernelError::Other("uplink vanished".into()))
+        };
+        let link = read(&self.net)?;
+        let size = BIG_TCP_SIZE.min(link.tso_max);
+        if size <= 65_536 {
+            return Ok(None);
+        }
+        if link.gso_ipv4_max < size {
+            self.net.set_gso_ipv4_max(uplink, size)?;
+        }
+        // A kernel older than 6.3 ignores the IPv4 limits without error.
+        Ok((read(&self.net)?.gso_ipv4_max >= size).then_some(size))
     }
 
     fn apply_routing(&mut self, d: &Desired, underlay_index: u32) -> Result<(), AgentError> {
@@ -463,7 +469,7 @@ pub fn conflist(cfg: &AgentConfig, pod_cidrs: &[IpNet], mtu: u32, gso: Option<u3
         }]
     });
     if let (Some(g), Some(p)) = (gso, v["plugins"][0].as_object_mut()) {
-        p.insert("gsoMaxSize".into(), g.into());
+        p.insert("gsoIpv4MaxSize".into(), g.into());
     }
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
@@ -512,19 +518,19 @@ mod tests {
         let with: serde_json::Value =
             serde_json::from_str(&conflist(&cfg(), &cidrs, 1500, Some(BIG_TCP_SIZE))).unwrap();
         let p = &with["plugins"][0];
-        assert_eq!(p["gsoMaxSize"], BIG_TCP_SIZE);
+        assert_eq!(p["gsoIpv4MaxSize"], BIG_TCP_SIZE);
         assert_eq!(p["mtu"], 1500);
         assert_eq!(p["bridge"], BRIDGE);
         assert_eq!(p["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
         let without: serde_json::Value =
             serde_json::from_str(&conflist(&cfg(), &cidrs, 1450, None)).unwrap();
-        assert!(without["plugins"][0].get("gsoMaxSize").is_none());
+        assert!(without["plugins"][0].get("gsoIpv4MaxSize").is_none());
         // What the agent writes, weft-cni accepts.
         let mut conf = with["plugins"][0].clone();
         conf["cniVersion"] = "1.1.0".into();
         conf["name"] = "weft".into();
         let (c, _) = weft_core::cni::config::NetConf::parse(conf.to_string().as_bytes()).unwrap();
-        assert_eq!(c.gso_max_size, Some(BIG_TCP_SIZE));
+        assert_eq!(c.gso_ipv4_max_size, Some(BIG_TCP_SIZE));
         assert!(c.rps);
     }
 }

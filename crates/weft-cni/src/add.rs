@@ -308,7 +308,7 @@ fn setup(
         netns.raw_fd(),
         conf.mtu,
         mac,
-        conf.gso_max_size,
+        conf.gso_ipv4_max_size,
     )
         .map_err(|e| {
             if e.is_exists() {
@@ -333,13 +333,18 @@ fn setup(
             eprintln!("weft-cni: {host_veth}: receive packet steering not set: {e}");
         }
     }
-    if let Some(g) = conf.gso_max_size {
+    if let Some(g) = conf.gso_ipv4_max_size {
         // A bridge starts at 64 KiB and never takes its ports' limit; the
-        // node routes to its pods through it. Only now, with a port, does
-        // the kernel let it go higher.
-        if bridge.gso_ipv4_max < g {
-            host.set_gso_ipv4_max(bridge.index, g)
-                .map_err(k("raise bridge GSO size"))?;
+        // node routes to its pods through it. Only now, with a port, may
+        // it go higher, and never past its smallest port's TSO limit (a
+        // foreign port may have a low one). An optimisation: a bridge that
+        // stays lower costs throughput, not connectivity.
+        let br = host.link_by_index(bridge.index).ok().flatten();
+        let want = br.as_ref().map_or(0, |b| g.min(b.tso_max));
+        if br.is_some_and(|b| b.gso_ipv4_max < want) {
+            if let Err(e) = host.set_gso_ipv4_max(bridge.index, want) {
+                eprintln!("weft-cni: {}: GSO size not raised: {e}", conf.bridge_name());
+            }
         }
     }
     if let Some(vid) = conf.vlan {

@@ -31,6 +31,9 @@ pub struct Link {
     pub alias: Option<String>,
     /// IPv4 GSO limit (0 where the kernel does not say).
     pub gso_ipv4_max: u32,
+    /// The largest TSO frame the driver takes; no GSO limit may exceed it
+    /// (0 where the kernel does not say).
+    pub tso_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +75,7 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         kind: None,
         alias: None,
         gso_ipv4_max: 0,
+        tso_max: 0,
     };
     for a in &m.attributes {
         match a {
@@ -80,6 +84,7 @@ fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Address(b) => l.mac = format_mac(b),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::GsoIpv4MaxSize(v) => l.gso_ipv4_max = *v,
+            LinkAttribute::TsoMaxSize(v) => l.tso_max = *v,
             LinkAttribute::Controller(c) => l.controller = Some(*c),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -212,39 +217,12 @@ impl Net {
         self.set_link(msg, "set MAC address")
     }
 
-    /// The largest TSO frame the link's driver takes (`IFLA_TSO_MAX_SIZE`).
-    pub fn tso_max_size(&self, index: u32) -> Result<Option<u32>, KernelError> {
-        Ok(self.link_attrs(index)?.and_then(|a| {
-            a.iter().find_map(|a| match a {
-                LinkAttribute::TsoMaxSize(v) => Some(*v),
-                _ => None,
-            })
-        }))
-    }
-
     /// Sets the link's IPv4 GSO and GRO limits (BIG TCP when above 64 KiB).
     pub fn set_gso_ipv4_max(&self, index: u32, size: u32) -> Result<(), KernelError> {
         let mut msg = LinkUnspec::new_with_index(index).build();
         msg.attributes.push(LinkAttribute::GsoIpv4MaxSize(size));
         msg.attributes.push(LinkAttribute::GroIpv4MaxSize(size));
         self.set_link(msg, "set GSO/GRO size")
-    }
-
-    fn link_attrs(&self, index: u32) -> Result<Option<Vec<LinkAttribute>>, KernelError> {
-        let h = self.handle.clone();
-        self.rt.block_on(async move {
-            match h.link().get().match_index(index).execute().try_next().await {
-                Ok(m) => Ok(m.map(|m| m.attributes)),
-                Err(e) => {
-                    let ke = KernelError::netlink(format!("get link #{index}"), e);
-                    if ke.is_not_found() {
-                        Ok(None)
-                    } else {
-                        Err(ke)
-                    }
-                }
-            }
-        })
     }
 
     fn set_link(&self, msg: LinkMessage, op: &str) -> Result<(), KernelError> {

@@ -50,6 +50,10 @@ pub fn spread(sys: &Path, dev: &str, index: u32) -> Result<(), KernelError> {
     let online_path = sys.join("devices/system/cpu/online");
     let online = std::fs::read_to_string(&online_path)
         .map_err(|e| KernelError::io(format!("read {}", online_path.display()), e))?;
+    // One CPU: nowhere to steer to.
+    if online.trim().parse::<usize>().is_ok() {
+        return Ok(());
+    }
     let mask = mask_of(&online)
         .ok_or_else(|| KernelError::Other(format!("cannot parse CPU list {online:?}")))?;
     let link = sys.join("class/net").join(dev);

@@ -70,14 +70,18 @@ struct AgentArgs {
     /// Full resync period in seconds.
     #[arg(long, default_value_t = 30)]
     resync_secs: u64,
-    /// Leave pods' GSO/GRO limits at 64 KiB. By default the host-gw
-    /// backend gives pods BIG TCP (192 KiB) where the node's uplink can
-    /// take it; vxlan never does (its outer UDP length caps a packet).
+    /// Do not give new pods BIG TCP. By default the host-gw backend gives
+    /// new pods, the pod bridge and the node's uplink a 192 KiB IPv4
+    /// GSO/GRO limit where the uplink's driver can take it; vxlan never
+    /// does (its outer UDP length caps a packet). Nothing already raised
+    /// is lowered again.
     #[arg(long)]
     no_big_tcp: bool,
     /// Leave pods' packets to be routed on the CPU that sent them. By
-    /// default weft-cni lets every CPU take the receive work of a pod's
-    /// host-side veth (receive packet steering), by flow.
+    /// default weft-cni lets every online CPU take the receive work of a
+    /// new pod's host-side veth (receive packet steering), by flow. Turn
+    /// it off where CPUs are set aside for pods (the kubelet's static CPU
+    /// manager), whose isolation it would cross.
     #[arg(long)]
     no_rps: bool,
     /// text or json.

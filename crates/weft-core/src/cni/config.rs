@@ -40,10 +40,11 @@ pub struct NetConf {
     #[serde(default)]
     pub mtu: Option<u32>,
     /// weft's own key, not the reference plugin's: the IPv4 GSO and GRO
-    /// limit of both veth ends, above 64 KiB for BIG TCP. The agent sets it
-    /// only where every device a pod's packets cross can take it.
+    /// limit of both veth ends and the bridge, above 64 KiB for BIG TCP
+    /// (IPv6 keeps the default). The agent sets it only where every device
+    /// a pod's packets cross can take it.
     #[serde(default)]
-    pub gso_max_size: Option<u32>,
+    pub gso_ipv4_max_size: Option<u32>,
     /// weft's own key: let every CPU take the receive work of the host
     /// end of the pair (receive packet steering), so a pod's packets are
     /// routed on another CPU than the one that sent them.
@@ -211,11 +212,11 @@ impl NetConf {
                 return Err(invalid_config(format!("mtu: {mtu} is outside 68..65535")));
             }
         }
-        if let Some(g) = self.gso_max_size {
-            // The kernel's GSO_MAX_SIZE is 512 KiB.
-            if !(65_536..=524_288).contains(&g) {
+        if let Some(g) = self.gso_ipv4_max_size {
+            // The kernel's GSO_MAX_SIZE is 8 × 65535 (a veth's TSO limit).
+            if !(65_536..=524_280).contains(&g) {
                 return Err(invalid_config(format!(
-                    "gsoMaxSize: {g} is outside 65536..524288"
+                    "gsoIpv4MaxSize: {g} is outside 65536..524280"
                 )));
             }
         }
@@ -355,10 +356,13 @@ mod tests {
         assert_eq!(e.code, Code::InvalidConfig);
         assert!(e.msg.starts_with("ipam.ranges[0][0].subnet"), "{}", e.msg);
 
-        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","gsoMaxSize":1000}"#).unwrap_err();
-        assert!(e.msg.starts_with("gsoMaxSize:"), "{}", e.msg);
-        let (c, _) = NetConf::parse(br#"{"cniVersion":"1.0.0","gsoMaxSize":196608}"#).unwrap();
-        assert_eq!(c.gso_max_size, Some(196_608));
+        for bad in ["1000", "524288"] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","gsoIpv4MaxSize":{bad}}}"#);
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert!(e.msg.starts_with("gsoIpv4MaxSize:"), "{}", e.msg);
+        }
+        let (c, _) = NetConf::parse(br#"{"cniVersion":"1.0.0","gsoIpv4MaxSize":196608}"#).unwrap();
+        assert_eq!(c.gso_ipv4_max_size, Some(196_608));
         let e = NetConf::parse(br#"{"cniVersion":"1.0.0","mtu":"big"}"#).unwrap_err();
         assert!(e.msg.starts_with("mtu:"), "{}", e.msg);
 
