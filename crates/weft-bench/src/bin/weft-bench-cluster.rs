@@ -424,8 +424,12 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64, Option<usize>)>, String> {
     let (vfs, vfip, vfc) = vx_floor.cross();
     let (hss, hsip, hsc) = hg_floor.same();
     let (vss, vsip, vsc) = vx_floor.same();
-    // (label, server netns, server IP, client netns, index of its floor)
-    let cases: Vec<(&str, String, String, String, Option<usize>)> = vec![
+    const SAME_BIG: &str = "floor: one node's bridge (BIG TCP, RPS)";
+    const SAME_1450: &str = "floor: one node's bridge, MTU 1450 (RPS)";
+    const HG: &str = "floor: host-gw (BIG TCP, RPS)";
+    const VX: &str = "floor: vxlan (RPS)";
+    // (label, server netns, server IP, client netns, label of its floor)
+    let cases: Vec<(&str, String, String, String, Option<&str>)> = vec![
         (
             "bare veth pair (reference)",
             bare.b.clone(),
@@ -445,45 +449,33 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64, Option<usize>)>, String> {
             hg.netns("default.a2"),
             hg.pod_ip("default/a2")?,
             hg.netns("default.a1"),
-            Some(6),
+            Some(SAME_BIG),
         ),
         (
             "pod→pod, same node (vxlan lab: MTU 1450)",
             vx.netns("default.a2"),
             vx.pod_ip("default/a2")?,
             vx.netns("default.a1"),
-            Some(7),
+            Some(SAME_1450),
         ),
         (
             "pod→pod, cross-node host-gw",
             hg.netns("default.b1"),
             hg.pod_ip("default/b1")?,
             hg.netns("default.a1"),
-            Some(8),
+            Some(HG),
         ),
         (
             "pod→pod, cross-node vxlan",
             vx.netns("default.b1"),
             vx.pod_ip("default/b1")?,
             vx.netns("default.a1"),
-            Some(9),
+            Some(VX),
         ),
-        (
-            "floor: one node's bridge (BIG TCP, RPS)",
-            hss,
-            hsip,
-            hsc,
-            None,
-        ),
-        (
-            "floor: one node's bridge, MTU 1450 (RPS)",
-            vss,
-            vsip,
-            vsc,
-            None,
-        ),
-        ("floor: host-gw (BIG TCP, RPS)", hfs, hfip, hfc, None),
-        ("floor: vxlan (RPS)", vfs, vfip, vfc, None),
+        (SAME_BIG, hss, hsip, hsc, None),
+        (SAME_1450, vss, vsip, vsc, None),
+        (HG, hfs, hfip, hfc, None),
+        (VX, vfs, vfip, vfc, None),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     // Interleave the cases run by run, so drift in machine load spreads
@@ -495,10 +487,11 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64, Option<usize>)>, String> {
             samples[i].push(g);
         }
     }
+    let index = |label: &str| cases.iter().position(|c| c.0 == label);
     Ok(cases
         .iter()
         .zip(samples)
-        .map(|((l, .., floor), s)| (l.to_string(), median(&s), *floor))
+        .map(|((l, .., floor), s)| (l.to_string(), median(&s), floor.and_then(index)))
         .collect())
 }
 
