@@ -23,7 +23,9 @@ use weft_model::{manifest, ClusterState, Object};
 /// changes are seen within this period. With inotify (the normal case)
 /// a change wakes the source at once, and this is only the fallback.
 const POLL: Duration = Duration::from_millis(20);
-/// The mtime check's period when inotify is watching too.
+/// How long a wakeup waits for the rest of a burst of events.
+const COALESCE: Duration = Duration::from_millis(2);
+/// The mtime check's period when inotify is watching too: only a net.
 const POLL_WATCHED: Duration = Duration::from_millis(250);
 /// How often every file's mtime is checked, for in-place edits.
 const FULL_SCAN: Duration = Duration::from_secs(1);
@@ -256,7 +258,15 @@ impl DirSource {
                     let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
                     let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
                     match nix::poll::poll(&mut fds, ms) {
-                        Ok(n) if n > 0 => drain(i),
+                        Ok(n) if n > 0 => {
+                            // A writer's burst (a bulk apply, pod statuses)
+                            // comes as many events close together: take
+                            // them all into one scan.
+                            let mut any = drain(i);
+                            std::thread::sleep(COALESCE);
+                            any |= drain(i);
+                            any
+                        }
                         Ok(_) | Err(nix::errno::Errno::EINTR) => false,
                         Err(_) => {
                             std::thread::sleep(POLL);
