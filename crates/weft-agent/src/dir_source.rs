@@ -134,18 +134,14 @@ impl DirSource {
             let Ok(md) = std::fs::metadata(&p) else {
                 continue;
             };
-            let stamp = md
-                .modified()
-                .ok()
-                .map(|m| (m, md.len(), std::os::unix::fs::MetadataExt::ino(&md)));
+            let mtime = md.modified().ok();
+            let stamp = mtime.map(|m| (m, md.len(), std::os::unix::fs::MetadataExt::ino(&md)));
             // An empty file changed just now is most likely being written
             // (truncated, not yet filled): keep what it held, and look
             // again once the moment has passed (`run` does). An mtime in
             // the future (a clock stepped back) is not "just now".
-            let fresh = md
-                .modified()
-                .ok()
-                .is_some_and(|m| self.scanned_at.duration_since(m).is_ok_and(|d| d < RACY));
+            let fresh =
+                mtime.is_some_and(|m| self.scanned_at.duration_since(m).is_ok_and(|d| d < RACY));
             if md.len() == 0 && fresh && self.files.contains_key(&p) {
                 self.rescan_soon = true;
                 continue;

@@ -338,12 +338,16 @@ fn setup(
         // node routes to its pods through it. Only now, with a port, may
         // it go higher, and never past its smallest port's TSO limit (a
         // foreign port may have a low one). An optimisation: a bridge that
-        // stays lower costs throughput, not connectivity.
-        let br = host.link_by_index(bridge.index).ok().flatten();
-        let want = br.as_ref().map_or(0, |b| g.min(b.tso_max));
-        if br.is_some_and(|b| b.gso_ipv4_max < want) {
-            if let Err(e) = host.set_gso_ipv4_max(bridge.index, want) {
-                eprintln!("weft-cni: {}: GSO size not raised: {e}", conf.bridge_name());
+        // stays lower costs throughput, not connectivity. Attaching a port
+        // only ever lowers the bridge's limit, so a bridge already at `g`
+        // (every ADD after the first) needs no second look.
+        if bridge.gso_ipv4_max < g {
+            let br = host.link_by_index(bridge.index).ok().flatten();
+            let want = br.as_ref().map_or(0, |b| g.min(b.tso_max));
+            if br.is_some_and(|b| b.gso_ipv4_max < want) {
+                if let Err(e) = host.set_gso_ipv4_max(bridge.index, want) {
+                    eprintln!("weft-cni: {}: GSO size not raised: {e}", conf.bridge_name());
+                }
             }
         }
     }

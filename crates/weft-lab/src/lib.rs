@@ -308,6 +308,16 @@ fn check_duplicates(objs: &[Object]) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The cluster as stored, for allocating against it (as an API server
+/// would against etcd).
+fn cluster_state(dir: &Path) -> weft_model::ClusterState {
+    let mut cluster = weft_model::ClusterState::default();
+    for o in manifest::load(&dir.join("cluster")).unwrap_or_default() {
+        cluster.apply(o);
+    }
+    cluster
+}
+
 /// Each node's pod subnet size: the agent's default `--node-subnet-size`.
 const NODE_PREFIX: u8 = 24;
 
@@ -365,12 +375,8 @@ fn add_node(
         s.pod_cidrs.as_ref().is_some_and(|p| !p.is_empty()) || s.pod_cidr.is_some()
     });
     if !has_cidr {
-        let mut cluster = weft_model::ClusterState::default();
-        for o in manifest::load(&dir.join("cluster")).unwrap_or_default() {
-            cluster.apply(o);
-        }
         weft_agent::subnet::Allocations::new(&dir.join("cluster"))
-            .ensure(name, st.cluster_cidr, NODE_PREFIX, &cluster)
+            .ensure(name, st.cluster_cidr, NODE_PREFIX, &cluster_state(dir))
             .map_err(|e| msg(format!("pod subnet for node {name}: {e}")))?;
     }
     store(dir, &Object::Node(std::sync::Arc::new(node)))?;
@@ -823,10 +829,7 @@ fn apply_objects(
             }
             Object::Service(svc) => {
                 // Allocate as the API server would, against what is stored.
-                let mut cluster = weft_model::ClusterState::default();
-                for o in manifest::load(&dir.join("cluster")).unwrap_or_default() {
-                    cluster.apply(o);
-                }
+                let cluster = cluster_state(dir);
                 let key = o.key();
                 let previous = match cluster.objects.get(&key) {
                     Some(Object::Service(p)) => Some(p.as_ref().clone()),

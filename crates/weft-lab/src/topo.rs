@@ -90,18 +90,12 @@ pub fn plug(
     Ok(())
 }
 
-/// Raises `dev` in namespace `ns` to the agent's BIG TCP size (iproute2
-/// 6.1 has no words for the IPv4 limits, so through netlink).
+/// Raises `dev` in namespace `ns` to the agent's BIG TCP size.
 fn set_gso(ns: &str, dev: &str) -> Result<(), LabError> {
-    let fail = |e: weft_kernel::KernelError| LabError::Msg(format!("{ns}: {dev}: GSO size: {e}"));
-    let netns = weft_kernel::netns::NetNs::open(&Path::new("/run/netns").join(ns)).map_err(fail)?;
-    netns
-        .run(|| {
-            let net = weft_kernel::net::Net::new()?;
-            let link = net
-                .link_by_name(dev)?
-                .ok_or_else(|| weft_kernel::KernelError::Other(format!("no link {dev}")))?;
-            net.set_gso_ipv4_max(link.index, weft_agent::reconcile::BIG_TCP_SIZE)
-        })
-        .map_err(fail)
+    weft_kernel::net::Net::set_gso_ipv4_max_in(
+        &Path::new("/run/netns").join(ns),
+        &[dev],
+        weft_agent::reconcile::BIG_TCP_SIZE,
+    )
+    .map_err(|e| LabError::Msg(format!("{ns}: {dev}: GSO size: {e}")))
 }

@@ -202,20 +202,12 @@ fn ipw(args: &str) -> Result<String, String> {
 /// Raises `devs` in namespace `ns` to weft's BIG TCP size, as the agent
 /// and weft-cni do on host-gw (iproute2 6.1 cannot, so through netlink).
 fn big_tcp(ns: &str, devs: &[&str]) -> Result<(), String> {
-    let netns = weft_kernel::netns::NetNs::open(&Path::new("/run/netns").join(ns))
-        .map_err(|e| e.to_string())?;
-    netns
-        .run(|| {
-            let net = weft_kernel::net::Net::new()?;
-            for d in devs {
-                let l = net
-                    .link_by_name(d)?
-                    .ok_or_else(|| weft_kernel::KernelError::Other(format!("{ns}: no link {d}")))?;
-                net.set_gso_ipv4_max(l.index, weft_agent::reconcile::BIG_TCP_SIZE)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| format!("{ns}: BIG TCP: {e}"))
+    weft_kernel::net::Net::set_gso_ipv4_max_in(
+        &Path::new("/run/netns").join(ns),
+        devs,
+        weft_agent::reconcile::BIG_TCP_SIZE,
+    )
+    .map_err(|e| format!("{ns}: BIG TCP: {e}"))
 }
 
 /// Receive packet steering over every online CPU for `devs` in `ns`, as
