@@ -16,6 +16,13 @@
 //! A frame from a backend port that was not DNATed (a pod talking to the
 //! backend's own address) takes the same detour and is simply routed back
 //! out: slower, still correct.
+//!
+//! ICMP errors from those pods take the detour too, whatever their port:
+//! a UDP backend's port unreachable, or a packet too big, carries the
+//! DNATed packet inside it, and only the node's conntrack can rewrite it
+//! back to the Service address. Switched straight to the client, it names
+//! a destination the client never used, and the client's socket never
+//! hears of it (no "connection refused", no path MTU).
 
 use crate::services::Proto;
 use crate::ClusterState;
@@ -52,6 +59,8 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
             "add set bridge {t} replies{v} {{ type {ty} . inet_proto . inet_service; }}"
         );
         let _ = writeln!(s, "flush set bridge {t} replies{v}");
+        let _ = writeln!(s, "add set bridge {t} sources{v} {{ type {ty}; }}");
+        let _ = writeln!(s, "flush set bridge {t} sources{v}");
     }
     let _ = writeln!(
         s,
@@ -66,6 +75,19 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
             "add rule bridge {t} replies {ip} saddr . meta l4proto . th sport @replies{v} meta pkttype set host ether daddr set {mac}"
         );
     }
+    for (v, ip, icmp) in [
+        ("4", "ip", "icmp type { destination-unreachable, time-exceeded, parameter-problem }"),
+        (
+            "6",
+            "ip6",
+            "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }",
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "add rule bridge {t} replies {ip} saddr @sources{v} {icmp} meta pkttype set host ether daddr set {mac}"
+        );
+    }
     for (v, is4) in [("4", true), ("6", false)] {
         let els: Vec<String> = endpoints
             .iter()
@@ -77,6 +99,19 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
                 s,
                 "add element bridge {t} replies{v} {{ {} }}",
                 els.join(", ")
+            );
+        }
+        let ips: BTreeSet<String> = endpoints
+            .iter()
+            .filter(|(ip, ..)| ip.is_ipv4() == is4)
+            .map(|(ip, ..)| ip.to_string())
+            .collect();
+        if !ips.is_empty() {
+            let ips: Vec<String> = ips.into_iter().collect();
+            let _ = writeln!(
+                s,
+                "add element bridge {t} sources{v} {{ {} }}",
+                ips.join(", ")
             );
         }
     }
@@ -136,14 +171,22 @@ mod tests {
         let want = "add table bridge weft-br
 add set bridge weft-br replies4 { type ipv4_addr . inet_proto . inet_service; }
 flush set bridge weft-br replies4
+add set bridge weft-br sources4 { type ipv4_addr; }
+flush set bridge weft-br sources4
 add set bridge weft-br replies6 { type ipv6_addr . inet_proto . inet_service; }
 flush set bridge weft-br replies6
+add set bridge weft-br sources6 { type ipv6_addr; }
+flush set bridge weft-br sources6
 add chain bridge weft-br replies { type filter hook prerouting priority -300; policy accept; }
 flush chain bridge weft-br replies
 add rule bridge weft-br replies ip saddr . meta l4proto . th sport @replies4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add rule bridge weft-br replies ip6 saddr . meta l4proto . th sport @replies6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies ip saddr @sources4 icmp type { destination-unreachable, time-exceeded, parameter-problem } meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies ip6 saddr @sources6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add element bridge weft-br replies4 { 10.244.1.5 . udp . 53, 10.244.1.7 . tcp . 8080 }
+add element bridge weft-br sources4 { 10.244.1.5, 10.244.1.7 }
 add element bridge weft-br replies6 { fd00::5 . tcp . 80 }
+add element bridge weft-br sources6 { fd00::5 }
 ";
         assert_eq!(s, want);
     }

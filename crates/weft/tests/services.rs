@@ -49,6 +49,13 @@ spec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: who-udp}
+spec:
+  selector: {app: who}
+  ports: [{port: 9999, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: who-internal}
 spec:
   internalTrafficPolicy: Local
@@ -248,6 +255,32 @@ fn cluster_ip_node_port_and_rejects_with_real_packets() {
         get(&lab, "default/client2", &format!("{who}:9000")).unwrap(),
         client2
     );
+    // ICMP errors from a same-node backend take that detour too: who
+    // has nothing on UDP 9999, and its port unreachable must reach the
+    // client rewritten to the Service address, or the client's socket
+    // never learns of it and waits. The same for a client on another
+    // node, and for a direct send to the backend.
+    let who_udp = service_ip(&lab, "who-udp");
+    for (from, to) in [
+        ("default/client2", format!("{who_udp}:9999")),
+        ("default/client", format!("{who_udp}:9999")),
+        ("default/client2", format!("{who_pod}:9999")),
+    ] {
+        let o = lab.exec(
+            from,
+            &[
+                "sh",
+                "-c",
+                &format!("echo q | timeout 5 socat -T 3 - UDP:{to}"),
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("Connection refused"),
+            "{from} → {to}: no port unreachable ({:?}): {err}",
+            o.status
+        );
+    }
 
     // LoadBalancer: the lab gives it an address and routes it from the
     // external host to the nodes, as a cloud load balancer would.
