@@ -9,6 +9,10 @@
 //! Steering it by flow hash lets a second CPU take it.
 
 use crate::error::KernelError;
+use nix::fcntl::{open, openat, OFlag};
+use nix::sys::stat::Mode;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// The hex mask (`rps_cpus` format: 32-bit groups, most significant
@@ -57,9 +61,33 @@ pub fn spread(sys: &Path, dev: &str, index: u32) -> Result<(), KernelError> {
     let mask = mask_of(&online)
         .ok_or_else(|| KernelError::Other(format!("cannot parse CPU list {online:?}")))?;
     let link = sys.join("class/net").join(dev);
+    // Everything below goes through one handle on the link's directory, so
+    // the link checked is the link written: a link renamed, or deleted and
+    // its name reused, between the check and the writes leaves the handle
+    // on the old directory, where every write fails.
+    let at = |what: &str, e: nix::Error| {
+        KernelError::io(
+            format!("{what} {}", link.display()),
+            std::io::Error::from(e),
+        )
+    };
+    let dir = open(
+        &link,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| at("open", e))?;
     // A sysfs mounted for another namespace would show another link (or
     // none) under this name.
-    let seen = std::fs::read_to_string(link.join("ifindex")).unwrap_or_default();
+    let mut seen = String::new();
+    if let Ok(fd) = openat(
+        &dir,
+        "ifindex",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        let _ = File::from(fd).read_to_string(&mut seen);
+    }
     if seen.trim() != index.to_string() {
         return Err(KernelError::Other(format!(
             "{}: not link #{index} of this namespace",
@@ -70,10 +98,20 @@ pub fn spread(sys: &Path, dev: &str, index: u32) -> Result<(), KernelError> {
     let rd = std::fs::read_dir(&queues)
         .map_err(|e| KernelError::io(format!("read {}", queues.display()), e))?;
     for q in rd.flatten() {
-        if q.file_name().to_string_lossy().starts_with("rx-") {
-            let p = q.path().join("rps_cpus");
-            std::fs::write(&p, &mask)
-                .map_err(|e| KernelError::io(format!("write {}", p.display()), e))?;
+        let name = q.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("rx-") {
+            let rel = format!("queues/{name}/rps_cpus");
+            let fd = openat(
+                &dir,
+                rel.as_str(),
+                OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| at(&format!("open {rel} in"), e))?;
+            File::from(fd)
+                .write_all(mask.as_bytes())
+                .map_err(|e| KernelError::io(format!("write {rel} in {}", link.display()), e))?;
         }
     }
     Ok(())
