@@ -65,7 +65,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Full resync period: repairs drift even when nothing changes.
     pub resync: Duration,
-    /// BIG TCP on the host-gw backend (`reconcile::BIG_TCP_SIZE`).
+    /// BIG TCP (`reconcile::BIG_TCP_SIZE`): on host-gw, and on vxlan where
+    /// the kernel carries it through UDP tunnels.
     pub big_tcp: bool,
     /// Receive packet steering on pods' host-side veths (`weft_kernel::rps`).
     pub rps: bool,

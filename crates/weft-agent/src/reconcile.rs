@@ -157,7 +157,7 @@ impl Reconciler {
             ensure_sysctl(key, "1")?;
         }
         let desired = routes::compile(&state, &local, cfg.backend);
-        self.apply_routing(&desired, underlay_index)?;
+        let tunnel = self.apply_routing(&desired, underlay_index)?;
 
         let node_ips: Vec<IpAddr> = state
             .nodes()
@@ -195,7 +195,7 @@ impl Reconciler {
             Backend::Vxlan { .. } => local.underlay_mtu.saturating_sub(routes::VXLAN_OVERHEAD),
         };
         self.sync_bridge(snapshot, mtu)?;
-        let gso = self.pod_gso(underlay_index);
+        let gso = self.pod_gso(underlay_index, tunnel);
         let conflist = conflist(&cfg, &me.pod_cidrs, mtu, gso);
         if self.last_conflist.as_deref() != Some(&conflist) {
             write_atomic(&cfg.cni_conf_dir.join(&cfg.cni_conf_name), &conflist)
@@ -268,51 +268,86 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The GSO limit for new pods: BIG TCP on host-gw, capped by what the
-    /// uplink's driver takes, with the uplink raised to match (the pods'
-    /// packets leave through it; weft-cni raises the bridge).
+    /// The GSO limit for new pods: BIG TCP, capped by what the devices on
+    /// the way out take, with those raised to match: the uplink the pods'
+    /// packets leave through, and on vxlan the VXLAN device (weft-cni
+    /// raises the bridge).
     ///
-    /// Never on vxlan: its outer UDP length field is 16 bits, so it cannot
-    /// carry a packet over 64 KiB.
+    /// On vxlan only where the kernel carries BIG TCP through UDP tunnels
+    /// (`Net::udp_tunnel_big_tcp`): the outer UDP length field is 16 bits,
+    /// and an older kernel corrupts a larger packet.
     ///
     /// An optimisation, so a failure is logged and the pods get the
     /// default; it is not retried until the next resync.
-    fn pod_gso(&mut self, uplink: u32) -> Option<u32> {
+    fn pod_gso(&mut self, uplink: u32, tunnel: Option<u32>) -> Option<u32> {
         if let Some(g) = self.gso {
             return g;
         }
-        let g = match self.cfg.backend {
-            Backend::HostGw if self.cfg.big_tcp => match self.raise_uplink(uplink) {
-                Ok(g) => g,
+        let devs = match (self.cfg.big_tcp, self.cfg.backend, tunnel) {
+            (false, ..) => None,
+            (true, Backend::HostGw, _) => Some(vec![uplink]),
+            (true, Backend::Vxlan { .. }, Some(vx)) => match self.net.udp_tunnel_big_tcp() {
+                Ok(true) => Some(vec![uplink, vx]),
+                Ok(false) => {
+                    tracing::info!(
+                        "this kernel cannot carry BIG TCP through VXLAN; pods keep 64 KiB packets"
+                    );
+                    None
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "BIG TCP left off");
+                    tracing::warn!(error = %e, "BIG TCP probe failed; left off");
                     None
                 }
             },
-            _ => None,
+            (true, Backend::Vxlan { .. }, None) => None,
+        };
+        let g = match devs.map(|d| self.raise(&d)) {
+            None => None,
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "BIG TCP left off");
+                None
+            }
         };
         self.gso = Some(g);
         g
     }
 
-    fn raise_uplink(&self, uplink: u32) -> Result<Option<u32>, weft_kernel::KernelError> {
-        let read = |net: &Net| {
-            net.link_by_index(uplink)?
-                .ok_or_else(|| weft_kernel::KernelError::Other("uplink vanished".into()))
+    /// Raises every one of `devs` to BIG_TCP_SIZE, or to the smallest TSO
+    /// limit among them; None if that is no more than the default.
+    fn raise(&self, devs: &[u32]) -> Result<Option<u32>, weft_kernel::KernelError> {
+        let read = |net: &Net, i: u32| {
+            net.link_by_index(i)?
+                .ok_or_else(|| weft_kernel::KernelError::Other(format!("link #{i} vanished")))
         };
-        let link = read(&self.net)?;
-        let size = BIG_TCP_SIZE.min(link.tso_max);
+        let mut links = Vec::new();
+        for &i in devs {
+            links.push(read(&self.net, i)?);
+        }
+        let size = links.iter().map(|l| l.tso_max).fold(BIG_TCP_SIZE, u32::min);
         if size <= 65_536 {
             return Ok(None);
         }
-        if link.gso_ipv4_max < size {
-            self.net.set_gso_ipv4_max(uplink, size)?;
+        for l in &links {
+            if l.gso_ipv4_max < size {
+                self.net.set_gso_ipv4_max(l.index, size)?;
+            }
         }
         // A kernel older than 6.3 ignores the IPv4 limits without error.
-        Ok((read(&self.net)?.gso_ipv4_max >= size).then_some(size))
+        for &i in devs {
+            if read(&self.net, i)?.gso_ipv4_max < size {
+                return Ok(None);
+            }
+        }
+        Ok(Some(size))
     }
 
-    fn apply_routing(&mut self, d: &Desired, underlay_index: u32) -> Result<(), AgentError> {
+    /// Returns the VXLAN device's index, on the vxlan backend.
+    fn apply_routing(
+        &mut self,
+        d: &Desired,
+        underlay_index: u32,
+    ) -> Result<Option<u32>, AgentError> {
         let m = &self.metrics;
         let vx_index = match &d.vxlan {
             Some(v) => {
@@ -344,6 +379,15 @@ impl Reconciler {
                         self.net
                             .add_addr(l.index, a)
                             .map_err(err("vxlan address"))?;
+                    }
+                }
+                // A device re-created above starts at 64 KiB again, under
+                // pods that were given BIG TCP.
+                if let Some(Some(g)) = self.gso {
+                    if l.gso_ipv4_max < g {
+                        if let Err(e) = self.net.set_gso_ipv4_max(l.index, g) {
+                            tracing::warn!(error = %e, "vxlan device: BIG TCP size");
+                        }
                     }
                 }
                 Some(l.index)
@@ -436,7 +480,7 @@ impl Reconciler {
             m.routes_added.fetch_add(1, Relaxed);
             tracing::info!(dst = %r.dst, gw = ?r.gw, "installed route");
         }
-        Ok(())
+        Ok(vx_index)
     }
 }
 

@@ -72,9 +72,10 @@ struct AgentArgs {
     resync_secs: u64,
     /// Do not give new pods BIG TCP. By default the host-gw backend gives
     /// new pods, the pod bridge and the node's uplink a 192 KiB IPv4
-    /// GSO/GRO limit where the uplink's driver can take it; vxlan never
-    /// does (its outer UDP length caps a packet). Nothing already raised
-    /// is lowered again.
+    /// GSO/GRO limit where the uplink's driver can take it; vxlan does the
+    /// same (and raises the VXLAN device) only on a kernel with BIG TCP
+    /// for UDP tunnels, which the agent probes for at start (6.18 has
+    /// not). Nothing already raised is lowered again.
     #[arg(long)]
     no_big_tcp: bool,
     /// Leave pods' packets to be routed on the CPU that sent them. By
