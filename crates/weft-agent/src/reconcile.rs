@@ -33,6 +33,9 @@ pub struct Reconciler {
     bridge_sysctls_done: bool,
     /// The pods' GSO limit, once decided (None inside: the default).
     gso: Option<Option<u32>>,
+    /// The kernel's answer to `Net::udp_tunnel_big_tcp`, asked once: a
+    /// resync must not make and delete a probe device every period.
+    tunnel_big_tcp: Option<bool>,
     proxy: ServiceProxy,
 }
 
@@ -69,6 +72,7 @@ impl Reconciler {
             bridge_mac: None,
             bridge_sysctls_done: false,
             gso: None,
+            tunnel_big_tcp: None,
             proxy,
         })
     }
@@ -286,12 +290,22 @@ impl Reconciler {
         let devs = match (self.cfg.big_tcp, self.cfg.backend, tunnel) {
             (false, ..) => None,
             (true, Backend::HostGw, _) => Some(vec![uplink]),
-            (true, Backend::Vxlan { .. }, Some(vx)) => match self.net.udp_tunnel_big_tcp() {
-                Ok(true) => Some(vec![uplink, vx]),
+            (true, Backend::Vxlan { .. }, Some(vx)) => match self
+                .tunnel_big_tcp
+                .map(Ok)
+                .unwrap_or_else(|| self.net.udp_tunnel_big_tcp())
+            {
+                Ok(true) => {
+                    self.tunnel_big_tcp = Some(true);
+                    Some(vec![uplink, vx])
+                }
                 Ok(false) => {
-                    tracing::info!(
-                        "this kernel cannot carry BIG TCP through VXLAN; pods keep 64 KiB packets"
-                    );
+                    if self.tunnel_big_tcp.is_none() {
+                        tracing::info!(
+                            "this kernel cannot carry BIG TCP through VXLAN; pods keep 64 KiB packets"
+                        );
+                    }
+                    self.tunnel_big_tcp = Some(false);
                     None
                 }
                 Err(e) => {
