@@ -75,6 +75,8 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
             "add rule bridge {t} replies {ip} saddr . meta l4proto . th sport @replies{v} meta pkttype set host ether daddr set {mac}"
         );
     }
+    // The protocol first: every other frame on the bridge passes this rule,
+    // and a one-byte compare turns it away before the set lookup.
     for (v, ip, icmp) in [
         ("4", "ip", "icmp type { destination-unreachable, time-exceeded, parameter-problem }"),
         (
@@ -85,7 +87,7 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
     ] {
         let _ = writeln!(
             s,
-            "add rule bridge {t} replies {ip} saddr @sources{v} {icmp} meta pkttype set host ether daddr set {mac}"
+            "add rule bridge {t} replies {icmp} {ip} saddr @sources{v} meta pkttype set host ether daddr set {mac}"
         );
     }
     for (v, is4) in [("4", true), ("6", false)] {
@@ -181,8 +183,8 @@ add chain bridge weft-br replies { type filter hook prerouting priority -300; po
 flush chain bridge weft-br replies
 add rule bridge weft-br replies ip saddr . meta l4proto . th sport @replies4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add rule bridge weft-br replies ip6 saddr . meta l4proto . th sport @replies6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
-add rule bridge weft-br replies ip saddr @sources4 icmp type { destination-unreachable, time-exceeded, parameter-problem } meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
-add rule bridge weft-br replies ip6 saddr @sources6 icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies icmp type { destination-unreachable, time-exceeded, parameter-problem } ip saddr @sources4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ip6 saddr @sources6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add element bridge weft-br replies4 { 10.244.1.5 . udp . 53, 10.244.1.7 . tcp . 8080 }
 add element bridge weft-br sources4 { 10.244.1.5, 10.244.1.7 }
 add element bridge weft-br replies6 { fd00::5 . tcp . 80 }
