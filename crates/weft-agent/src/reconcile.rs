@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use weft_kernel::net::Net;
 use weft_kernel::overlay::{TaggedRoute, VxlanParams};
+use weft_model::bridge::Endpoint;
 use weft_model::routes::{self, Backend, Desired, Dev, Local};
 use weft_model::ClusterState;
 
@@ -26,7 +27,7 @@ pub struct Reconciler {
     /// the node addresses.
     last_egress: Option<(String, Vec<IpAddr>)>,
     last_conflist: Option<String>,
-    last_bridge: Option<String>,
+    last_bridge: Option<BTreeSet<Endpoint>>,
     /// The pod bridge's address, once the agent has made sure of it.
     bridge_mac: Option<[u8; 6]>,
     /// Whether br_netfilter and redirects are known to be off.
@@ -243,14 +244,40 @@ impl Reconciler {
             snapshot,
             &self.cfg.node_name,
         ));
-        let rules = weft_model::bridge::ruleset(mac, &eps);
-        if self.last_bridge.as_deref() != Some(&rules) {
+        let eps: BTreeSet<Endpoint> = eps.into_iter().collect();
+        // Once the table is in, only the elements that changed are sent;
+        // if the kernel refuses that (the table is not as last applied),
+        // the whole table is sent, which flushes and refills it in one
+        // transaction.
+        let delta = match &self.last_bridge {
+            Some(last) if *last == eps => return self.sync_bridge_sysctls(),
+            Some(last) => Some(weft_model::bridge::delta(last, &eps)),
+            None => None,
+        };
+        let sent = match delta {
+            Some(d) => match self.proxy.nft().apply(&d) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bridge rules: delta refused, sending the whole table");
+                    false
+                }
+            },
+            None => false,
+        };
+        if !sent {
+            let rules = weft_model::bridge::ruleset(mac, &eps);
+            self.last_bridge = None;
             self.proxy
                 .nft()
                 .apply(&rules)
                 .map_err(err("bridge rules"))?;
-            self.last_bridge = Some(rules);
         }
+        self.last_bridge = Some(eps);
+        self.sync_bridge_sysctls()
+    }
+
+    /// br_netfilter off in the node, once, after the bridge rules are in.
+    fn sync_bridge_sysctls(&mut self) -> Result<(), AgentError> {
         if !self.bridge_sysctls_done {
             // Bridged frames skip the IP hooks; without br_netfilter
             // loaded there is nothing to turn off. The node routes replies

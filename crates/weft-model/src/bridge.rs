@@ -120,6 +120,54 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
     s
 }
 
+/// The script that turns `table bridge weft-br`, made by [`ruleset`] from
+/// `old`, into the table for `new`: only the set elements that differ, so
+/// a Service's endpoint churn on a busy node is a few element changes, not
+/// the table re-sent. Empty when nothing changed. The kernel refuses the
+/// whole transaction if the table is not as `old` says (someone flushed
+/// it), and the caller then sends the full [`ruleset`].
+pub fn delta(old: &BTreeSet<Endpoint>, new: &BTreeSet<Endpoint>) -> String {
+    let t = TABLE;
+    let mut s = String::new();
+    let sources =
+        |eps: &BTreeSet<Endpoint>| -> BTreeSet<IpAddr> { eps.iter().map(|(ip, ..)| *ip).collect() };
+    let (old_ips, new_ips) = (sources(old), sources(new));
+    // Deletions first: an element both removed and re-added cannot occur
+    // (the sets are exact), but the order keeps the script readable.
+    for (verb, from, to, from_ips, to_ips) in [
+        ("delete", old, new, &old_ips, &new_ips),
+        ("add", new, old, &new_ips, &old_ips),
+    ] {
+        for (v, is4) in [("4", true), ("6", false)] {
+            let els: Vec<String> = from
+                .difference(to)
+                .filter(|(ip, ..)| ip.is_ipv4() == is4)
+                .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto(*p)))
+                .collect();
+            if !els.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "{verb} element bridge {t} replies{v} {{ {} }}",
+                    els.join(", ")
+                );
+            }
+            let ips: Vec<String> = from_ips
+                .difference(to_ips)
+                .filter(|ip| ip.is_ipv4() == is4)
+                .map(|ip| ip.to_string())
+                .collect();
+            if !ips.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "{verb} element bridge {t} sources{v} {{ {} }}",
+                    ips.join(", ")
+                );
+            }
+        }
+    }
+    s
+}
+
 /// This node's hostPort targets (`podIP . proto . containerPort`): the CNI
 /// DNATs node ports to them, so their replies need un-NAT too.
 pub fn host_port_targets(state: &ClusterState, node: &str) -> Vec<Endpoint> {
@@ -222,6 +270,39 @@ status: {podIP: 10.244.2.5}
         .into_iter()
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn delta_changes_only_what_differs() {
+        let ep = |ip: &str, p, port| (ip.parse().unwrap(), p, port);
+        let old: BTreeSet<Endpoint> = [
+            ep("10.244.1.5", Proto::Udp, 53),
+            ep("10.244.1.5", Proto::Tcp, 53),
+            ep("10.244.1.7", Proto::Tcp, 8080),
+            ep("fd00::5", Proto::Tcp, 80),
+        ]
+        .into_iter()
+        .collect();
+        let new: BTreeSet<Endpoint> = [
+            ep("10.244.1.5", Proto::Udp, 53),
+            ep("10.244.1.9", Proto::Tcp, 8080),
+            ep("fd00::5", Proto::Tcp, 80),
+        ]
+        .into_iter()
+        .collect();
+        // 10.244.1.5 keeps a port, so it stays a source.
+        let want = "delete element bridge weft-br replies4 { 10.244.1.5 . tcp . 53, 10.244.1.7 . tcp . 8080 }
+delete element bridge weft-br sources4 { 10.244.1.7 }
+add element bridge weft-br replies4 { 10.244.1.9 . tcp . 8080 }
+add element bridge weft-br sources4 { 10.244.1.9 }
+";
+        assert_eq!(delta(&old, &new), want);
+        assert_eq!(delta(&new, &new), "");
+        // From nothing, the delta adds what the full ruleset would.
+        let full = ruleset([2, 0, 0, 0, 0, 1], &new);
+        for line in delta(&BTreeSet::new(), &new).lines() {
+            assert!(full.contains(line), "{line}");
+        }
     }
 
     #[test]

@@ -372,14 +372,14 @@ spec:
 "#;
 
 /// The EndpointSlice a controller would write for `manual`: each entry is
-/// (pod IP, ready, serving, terminating).
-fn slice(eps: &[(&str, bool, bool, bool)]) -> String {
+/// (pod IP, its node, ready, serving, terminating).
+fn slice(eps: &[(&str, &str, bool, bool, bool)]) -> String {
     let mut y = String::from(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: manual-1, labels: {kubernetes.io/service-name: manual}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]\nendpoints:\n",
     );
-    for (ip, r, s, t) in eps {
+    for (ip, node, r, s, t) in eps {
         y += &format!(
-            "- addresses: [{ip}]\n  conditions: {{ready: {r}, serving: {s}, terminating: {t}}}\n"
+            "- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: {r}, serving: {s}, terminating: {t}}}\n"
         );
     }
     y
@@ -451,8 +451,8 @@ fn affinity_readiness_hairpin_and_udp_conntrack() {
     // them: both ready, then e2 not ready (gone), then only e1 terminating
     // but serving (the fallback), never the non-serving one.
     lab.apply(&slice(&[
-        (&e1, true, true, false),
-        (&e2, true, true, false),
+        (&e1, "node-1", true, true, false),
+        (&e2, "node-2", true, true, false),
     ]));
     let mut seen = BTreeSet::new();
     assert!(
@@ -463,8 +463,8 @@ fn affinity_readiness_hairpin_and_udp_conntrack() {
         "manual reached only {seen:?}"
     );
     lab.apply(&slice(&[
-        (&e1, true, true, false),
-        (&e2, false, false, false),
+        (&e1, "node-1", true, true, false),
+        (&e2, "node-2", false, false, false),
     ]));
     assert!(
         eventually(5, || answers(
@@ -476,8 +476,8 @@ fn affinity_readiness_hairpin_and_udp_conntrack() {
         "a not-ready endpoint still gets traffic"
     );
     lab.apply(&slice(&[
-        (&e1, false, false, false),
-        (&e2, false, true, true),
+        (&e1, "node-1", false, false, false),
+        (&e2, "node-2", false, true, true),
     ]));
     assert!(
         eventually(5, || answers(
@@ -492,28 +492,60 @@ fn affinity_readiness_hairpin_and_udp_conntrack() {
     // UDP: the client keeps its source port, as a resolver does. When its
     // backend is replaced, the stale conntrack entry must go, or the
     // client keeps reaching e1 (still alive) for the entry's lifetime.
-    lab.apply(&slice(&[(&e1, true, true, false)]));
+    lab.apply(&slice(&[(&e1, "node-1", true, true, false)]));
     let dns = format!("{manual}:53");
     assert!(
         eventually(10, || udp(&lab, "default/client", &dns).as_deref()
             == Some("e1")),
         "UDP Service never answered"
     );
-    lab.apply(&slice(&[(&e2, true, true, false)]));
+    lab.apply(&slice(&[(&e2, "node-2", true, true, false)]));
     assert!(
         eventually(5, || udp(&lab, "default/client", &dns).as_deref()
             == Some("e2")),
         "UDP flow stuck on the replaced backend"
     );
 
+    // The bridge table follows the endpoints by element changes: e1 left
+    // node-1's reply set for UDP when e2 replaced it, and e2 is in
+    // node-2's.
+    assert!(
+        eventually(5, || {
+            let (n1, n2) = (br_replies(&lab, "node-1"), br_replies(&lab, "node-2"));
+            !n1.contains(&format!("{e1} . udp . 5353"))
+                && n1.contains(&format!("{e1} . tcp . 8080"))
+                && n2.contains(&format!("{e2} . udp . 5353"))
+        }),
+        "weft-br's sets do not follow the endpoints:\n{}\n{}",
+        br_replies(&lab, "node-1"),
+        br_replies(&lab, "node-2")
+    );
+
     // No endpoints at all: the UDP Service answers ICMP unreachable, and
     // its first endpoint is reachable at once from the same source port.
     lab.apply(&slice(&[]));
     assert!(eventually(5, || udp(&lab, "default/client", &dns).is_none()));
-    lab.apply(&slice(&[(&e1, true, true, false)]));
+    lab.apply(&slice(&[(&e1, "node-1", true, true, false)]));
     assert!(
         eventually(5, || udp(&lab, "default/client", &dns).as_deref()
             == Some("e1")),
         "UDP flow blackholed after the Service gained an endpoint"
     );
+    let n1 = br_replies(&lab, "node-1");
+    assert!(n1.contains(&format!("{e1} . udp . 5353")), "{n1}");
+    assert!(
+        !br_replies(&lab, "node-2").contains("udp . 5353"),
+        "a removed endpoint stayed in node-2's reply set"
+    );
+    // One table each, its rules not duplicated by the updates.
+    let rules = lab.sh("node/node-1", "nft list table bridge weft-br");
+    assert_eq!(rules.matches("meta pkttype set host").count(), 4, "{rules}");
+}
+
+/// The elements of a node's `weft-br` reply set, as the kernel has them.
+fn br_replies(lab: &Lab, node: &str) -> String {
+    lab.sh(
+        &format!("node/{node}"),
+        "nft list set bridge weft-br replies4",
+    )
 }
