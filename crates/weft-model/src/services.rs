@@ -289,7 +289,7 @@ fn view(ix: &Index, svc: &Service) -> Option<ServiceView> {
                         backends.push(Backend {
                             ip: a,
                             port: ep as u16,
-                            node: e.node_name.clone(),
+                            node: e.node_name.clone().or_else(|| node_of(ix, &namespace, a)),
                             ready,
                             serving: c.serving.unwrap_or(ready),
                             terminating: c.terminating.unwrap_or(false),
@@ -395,6 +395,25 @@ pub(crate) fn pod_state(pod: &Pod, publish_not_ready: bool) -> Option<PodState> 
 /// its IPs, the target port resolved (a name through the Pod's container
 /// ports), and its conditions (Ready condition; terminating once it has a
 /// deletionTimestamp, and then still serving while ready).
+/// The node of the pod in `ns` that has `ip`, for an endpoint whose
+/// slice leaves `nodeName` out (hand-written slices do; the controller
+/// sets it). Without it a local backend would not count as local: its
+/// same-node replies would be switched past the un-NAT (`bridge`), and a
+/// Local traffic policy would not see it. A scan of the namespace's pods,
+/// paid only for such endpoints.
+fn node_of(ix: &Index, ns: &str, ip: IpAddr) -> Option<String> {
+    ix.pods.get(ns)?.iter().find_map(|p| {
+        let st = p.status.as_ref()?;
+        let has = st.pod_ip.as_deref().and_then(|i| i.parse().ok()) == Some(ip)
+            || st
+                .pod_ips
+                .iter()
+                .flatten()
+                .any(|i| i.ip.parse().ok() == Some(ip));
+        has.then(|| p.spec.as_ref()?.node_name.clone()).flatten()
+    })
+}
+
 fn pod_backends(
     pod: &Pod,
     target: Option<&IntOrString>,
@@ -556,6 +575,37 @@ spec: {type: ExternalName, externalName: example.com}
         assert!(
             v[0].ports[1].backends.is_empty(),
             "the slice has no dns port"
+        );
+    }
+
+    #[test]
+    fn slice_without_node_name_takes_the_pods_node() {
+        let y = SVC.to_string()
+            + "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.244.0.2]
+- addresses: [10.244.9.9]
+- addresses: [10.244.0.3]
+  nodeName: node-9
+" + &pod("a", "10.244.0.2", "node-1", Some(true), false)
+            + &pod("b", "10.244.0.3", "node-1", Some(true), false);
+        let b = &services(&state(&y))[0].ports[0].backends;
+        let nodes: Vec<(String, Option<&str>)> = b
+            .iter()
+            .map(|b| (b.ip.to_string(), b.node.as_deref()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("10.244.0.2".into(), Some("node-1")),
+                ("10.244.0.3".into(), Some("node-9")), // the slice's word stands
+                ("10.244.9.9".into(), None),           // no such pod
+            ]
         );
     }
 

@@ -349,6 +349,11 @@ metadata: {name: client}
 spec: {nodeName: node-3, containers: [{name: c, command: [sleep, infinity]}]}
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: near}
+spec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: sticky}
 spec:
@@ -372,15 +377,19 @@ spec:
 "#;
 
 /// The EndpointSlice a controller would write for `manual`: each entry is
-/// (pod IP, its node, ready, serving, terminating).
+/// (pod IP, its node, ready, serving, terminating); an empty node leaves
+/// `nodeName` out, as a hand-written slice may.
 fn slice(eps: &[(&str, &str, bool, bool, bool)]) -> String {
     let mut y = String::from(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: manual-1, labels: {kubernetes.io/service-name: manual}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]\nendpoints:\n",
     );
     for (ip, node, r, s, t) in eps {
         y += &format!(
-            "- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: {r}, serving: {s}, terminating: {t}}}\n"
+            "- addresses: [{ip}]\n  conditions: {{ready: {r}, serving: {s}, terminating: {t}}}\n"
         );
+        if !node.is_empty() {
+            y += &format!("  nodeName: {node}\n");
+        }
     }
     y
 }
@@ -537,6 +546,25 @@ fn affinity_readiness_hairpin_and_udp_conntrack() {
         !br_replies(&lab, "node-2").contains("udp . 5353"),
         "a removed endpoint stayed in node-2's reply set"
     );
+    // A slice without nodeName, as written by hand: weft finds the pod's
+    // node itself, so a client on e1's node gets e1's replies un-NATed,
+    // over TCP and UDP.
+    lab.apply(&slice(&[(&e1, "", true, true, false)]));
+    assert!(
+        eventually(5, || answers(
+            &lab,
+            "default/near",
+            &format!("{manual}:80"),
+            3
+        ) == BTreeSet::from(["e1".to_string()])),
+        "a same-node client cannot reach a backend listed without nodeName"
+    );
+    assert!(
+        eventually(5, || udp(&lab, "default/near", &dns).as_deref()
+            == Some("e1")),
+        "no UDP answer from a same-node backend listed without nodeName"
+    );
+
     // One table each, its rules not duplicated by the updates.
     let rules = lab.sh("node/node-1", "nft list table bridge weft-br");
     assert_eq!(rules.matches("meta pkttype set host").count(), 4, "{rules}");
