@@ -319,7 +319,9 @@ fn count(refs: &mut Refs, f: &Fragment, by: i32) {
 
 /// The Services whose compiled form may differ between two snapshots: a
 /// changed Service, a changed EndpointSlice's Service, and for a changed
-/// Pod every selector Service in its namespace.
+/// Pod every selector Service in its namespace, and every Service whose
+/// slice there lists an endpoint without `nodeName` (its node is the
+/// pod's, `weft_model::services`).
 pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<ObjectKey> {
     let mut out = BTreeSet::new();
     let mut pod_ns: BTreeSet<String> = BTreeSet::new();
@@ -355,15 +357,37 @@ pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<Obje
     if !pod_ns.is_empty() {
         for st in [prev, next] {
             for (k, o) in &st.objects {
-                if let Object::Service(s) = o {
-                    let selects = s
-                        .spec
-                        .as_ref()
-                        .and_then(|sp| sp.selector.as_ref())
-                        .is_some_and(|sel| !sel.is_empty());
-                    if selects && pod_ns.contains(&k.namespace) {
-                        out.insert(k.clone());
+                if !pod_ns.contains(&k.namespace) {
+                    continue;
+                }
+                match o {
+                    Object::Service(s) => {
+                        let selects = s
+                            .spec
+                            .as_ref()
+                            .and_then(|sp| sp.selector.as_ref())
+                            .is_some_and(|sel| !sel.is_empty());
+                        if selects {
+                            out.insert(k.clone());
+                        }
                     }
+                    Object::EndpointSlice(e)
+                        if e.endpoints.iter().any(|ep| ep.node_name.is_none()) =>
+                    {
+                        if let Some(svc) = e
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/service-name"))
+                        {
+                            out.insert(ObjectKey {
+                                kind: "Service",
+                                namespace: k.namespace.clone(),
+                                name: svc.clone(),
+                            });
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -416,6 +440,54 @@ pub fn stale_udp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(yaml: &str) -> ClusterState {
+        let mut s = ClusterState::default();
+        for o in weft_model::manifest::parse(std::path::Path::new("t.yaml"), yaml).unwrap() {
+            s.apply(o);
+        }
+        s
+    }
+
+    #[test]
+    fn a_pod_change_dirties_slices_that_leave_out_the_node() {
+        let svcs = "apiVersion: v1
+kind: Service
+metadata: {name: manual}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: placed}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: manual-1, labels: {kubernetes.io/service-name: manual}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.5]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: placed-1, labels: {kubernetes.io/service-name: placed}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.6], nodeName: node-1}]
+";
+        let pod = "---
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIP: 10.244.0.5}
+";
+        let prev = state(svcs);
+        let next = state(&format!("{svcs}{pod}"));
+        let names: Vec<String> = dirty_services(&prev, &next)
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, ["manual"]);
+    }
 
     fn m(v: &[(UdpFront, &[&str])]) -> BTreeMap<UdpFront, BTreeSet<IpAddr>> {
         v.iter()
