@@ -90,33 +90,7 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
             "add rule bridge {t} replies {icmp} {ip} saddr @sources{v} meta pkttype set host ether daddr set {mac}"
         );
     }
-    for (v, is4) in [("4", true), ("6", false)] {
-        let els: Vec<String> = endpoints
-            .iter()
-            .filter(|(ip, ..)| ip.is_ipv4() == is4)
-            .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto(*p)))
-            .collect();
-        if !els.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element bridge {t} replies{v} {{ {} }}",
-                els.join(", ")
-            );
-        }
-        let ips: BTreeSet<String> = endpoints
-            .iter()
-            .filter(|(ip, ..)| ip.is_ipv4() == is4)
-            .map(|(ip, ..)| ip.to_string())
-            .collect();
-        if !ips.is_empty() {
-            let ips: Vec<String> = ips.into_iter().collect();
-            let _ = writeln!(
-                s,
-                "add element bridge {t} sources{v} {{ {} }}",
-                ips.join(", ")
-            );
-        }
-    }
+    elements(&mut s, "add", endpoints.iter(), &sources(endpoints));
     s
 }
 
@@ -127,45 +101,65 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
 /// whole transaction if the table is not as `old` says (someone flushed
 /// it), and the caller then sends the full [`ruleset`].
 pub fn delta(old: &BTreeSet<Endpoint>, new: &BTreeSet<Endpoint>) -> String {
-    let t = TABLE;
     let mut s = String::new();
-    let sources =
-        |eps: &BTreeSet<Endpoint>| -> BTreeSet<IpAddr> { eps.iter().map(|(ip, ..)| *ip).collect() };
+    // Deletions first, for a readable script: the sets are exact, so no
+    // element is both removed and added.
     let (old_ips, new_ips) = (sources(old), sources(new));
-    // Deletions first: an element both removed and re-added cannot occur
-    // (the sets are exact), but the order keeps the script readable.
-    for (verb, from, to, from_ips, to_ips) in [
-        ("delete", old, new, &old_ips, &new_ips),
-        ("add", new, old, &new_ips, &old_ips),
-    ] {
-        for (v, is4) in [("4", true), ("6", false)] {
-            let els: Vec<String> = from
-                .difference(to)
-                .filter(|(ip, ..)| ip.is_ipv4() == is4)
-                .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto(*p)))
-                .collect();
-            if !els.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "{verb} element bridge {t} replies{v} {{ {} }}",
-                    els.join(", ")
-                );
-            }
-            let ips: Vec<String> = from_ips
-                .difference(to_ips)
-                .filter(|ip| ip.is_ipv4() == is4)
-                .map(|ip| ip.to_string())
-                .collect();
-            if !ips.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "{verb} element bridge {t} sources{v} {{ {} }}",
-                    ips.join(", ")
-                );
-            }
+    elements(
+        &mut s,
+        "delete",
+        old.difference(new),
+        &old_ips.difference(&new_ips).copied().collect(),
+    );
+    elements(
+        &mut s,
+        "add",
+        new.difference(old),
+        &new_ips.difference(&old_ips).copied().collect(),
+    );
+    s
+}
+
+/// The addresses of `endpoints`: the ICMP rule's source set.
+fn sources(endpoints: &BTreeSet<Endpoint>) -> BTreeSet<IpAddr> {
+    endpoints.iter().map(|(ip, ..)| *ip).collect()
+}
+
+/// `verb element` lines for the reply and source sets, one per set and
+/// family, none for a family with nothing in it.
+fn elements<'a>(
+    s: &mut String,
+    verb: &str,
+    replies: impl Iterator<Item = &'a Endpoint> + Clone,
+    sources: &BTreeSet<IpAddr>,
+) {
+    let t = TABLE;
+    for (v, is4) in [("4", true), ("6", false)] {
+        let els: Vec<String> = replies
+            .clone()
+            .filter(|(ip, ..)| ip.is_ipv4() == is4)
+            .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto(*p)))
+            .collect();
+        if !els.is_empty() {
+            let _ = writeln!(
+                s,
+                "{verb} element bridge {t} replies{v} {{ {} }}",
+                els.join(", ")
+            );
+        }
+        let ips: Vec<String> = sources
+            .iter()
+            .filter(|ip| ip.is_ipv4() == is4)
+            .map(|ip| ip.to_string())
+            .collect();
+        if !ips.is_empty() {
+            let _ = writeln!(
+                s,
+                "{verb} element bridge {t} sources{v} {{ {} }}",
+                ips.join(", ")
+            );
         }
     }
-    s
 }
 
 /// This node's hostPort targets (`podIP . proto . containerPort`): the CNI
@@ -179,13 +173,7 @@ pub fn host_port_targets(state: &ClusterState, node: &str) -> Vec<Endpoint> {
         if spec.node_name.as_deref() != Some(node) {
             continue;
         }
-        let ips: Vec<IpAddr> = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .filter_map(|p| p.ip.parse().ok())
-            .chain(status.pod_ip.as_deref().and_then(|p| p.parse().ok()))
-            .collect();
+        let ips = crate::services::pod_addrs(status);
         for c in &spec.containers {
             for p in c.ports.iter().flatten() {
                 if p.host_port.is_none() {

@@ -13,7 +13,7 @@
 
 use crate::cluster::{ClusterState, Object};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::HashMap;
@@ -355,20 +355,8 @@ pub(crate) struct PodState {
     pub terminating: bool,
 }
 
-/// Its IPs and conditions (Ready condition; terminating once it has a
-/// deletionTimestamp); None for a pod that has finished or has no status.
-pub(crate) fn pod_state(pod: &Pod, publish_not_ready: bool) -> Option<PodState> {
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    let ready_cond = match &status.conditions {
-        Some(cs) => cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
-        // A pod with no conditions is one the lab runs directly: running
-        // means ready.
-        None => status.phase.as_deref() == Some("Running"),
-    };
-    let terminating = pod.metadata.deletion_timestamp.is_some();
+/// A pod's IPs: `podIPs`, or `podIP` where a status has only that.
+pub(crate) fn pod_addrs(status: &PodStatus) -> Vec<IpAddr> {
     let mut addrs: Vec<IpAddr> = status
         .pod_ips
         .iter()
@@ -383,18 +371,31 @@ pub(crate) fn pod_state(pod: &Pod, publish_not_ready: bool) -> Option<PodState> 
                 .and_then(|p| p.parse::<IpAddr>().ok()),
         );
     }
+    addrs
+}
+
+/// Its IPs and conditions (Ready condition; terminating once it has a
+/// deletionTimestamp); None for a pod that has finished or has no status.
+pub(crate) fn pod_state(pod: &Pod, publish_not_ready: bool) -> Option<PodState> {
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ready_cond = match &status.conditions {
+        Some(cs) => cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        // A pod with no conditions is one the lab runs directly: running
+        // means ready.
+        None => status.phase.as_deref() == Some("Running"),
+    };
+    let terminating = pod.metadata.deletion_timestamp.is_some();
     Some(PodState {
-        addrs,
+        addrs: pod_addrs(status),
         ready: (ready_cond && !terminating) || publish_not_ready,
         ready_cond,
         terminating,
     })
 }
 
-/// The EndpointSlice controller's view of one Pod for one Service port:
-/// its IPs, the target port resolved (a name through the Pod's container
-/// ports), and its conditions (Ready condition; terminating once it has a
-/// deletionTimestamp, and then still serving while ready).
 /// The node of the pod in `ns` that has `ip`, for an endpoint whose
 /// slice leaves `nodeName` out (hand-written slices do; the controller
 /// sets it). Without it a local backend would not count as local: its
@@ -403,17 +404,15 @@ pub(crate) fn pod_state(pod: &Pod, publish_not_ready: bool) -> Option<PodState> 
 /// paid only for such endpoints.
 fn node_of(ix: &Index, ns: &str, ip: IpAddr) -> Option<String> {
     ix.pods.get(ns)?.iter().find_map(|p| {
-        let st = p.status.as_ref()?;
-        let has = st.pod_ip.as_deref().and_then(|i| i.parse().ok()) == Some(ip)
-            || st
-                .pod_ips
-                .iter()
-                .flatten()
-                .any(|i| i.ip.parse().ok() == Some(ip));
+        let has = pod_addrs(p.status.as_ref()?).contains(&ip);
         has.then(|| p.spec.as_ref()?.node_name.clone()).flatten()
     })
 }
 
+/// The EndpointSlice controller's view of one Pod for one Service port:
+/// its IPs, the target port resolved (a name through the Pod's container
+/// ports), and its conditions (Ready condition; terminating once it has a
+/// deletionTimestamp, and then still serving while ready).
 fn pod_backends(
     pod: &Pod,
     target: Option<&IntOrString>,
