@@ -333,18 +333,7 @@ pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<Obje
             "EndpointSlice" => {
                 for o in [a, b].into_iter().flatten() {
                     if let Object::EndpointSlice(e) = o {
-                        if let Some(svc) = e
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("kubernetes.io/service-name"))
-                        {
-                            out.insert(ObjectKey {
-                                kind: "Service",
-                                namespace: k.namespace.clone(),
-                                name: svc.clone(),
-                            });
-                        }
+                        out.extend(slice_service(&k.namespace, e));
                     }
                 }
             }
@@ -374,18 +363,7 @@ pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<Obje
                     Object::EndpointSlice(e)
                         if e.endpoints.iter().any(|ep| ep.node_name.is_none()) =>
                     {
-                        if let Some(svc) = e
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("kubernetes.io/service-name"))
-                        {
-                            out.insert(ObjectKey {
-                                kind: "Service",
-                                namespace: k.namespace.clone(),
-                                name: svc.clone(),
-                            });
-                        }
+                        out.extend(slice_service(&k.namespace, e));
                     }
                     _ => {}
                 }
@@ -393,6 +371,18 @@ pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<Obje
         }
     }
     out
+}
+
+/// The Service an EndpointSlice in `ns` belongs to.
+fn slice_service(
+    ns: &str,
+    e: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<ObjectKey> {
+    Some(ObjectKey {
+        kind: "Service",
+        namespace: ns.to_string(),
+        name: weft_model::services::slice_service_name(e)?.to_string(),
+    })
 }
 
 /// The conntrack deletions a change of UDP backends calls for, as

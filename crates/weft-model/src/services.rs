@@ -134,13 +134,8 @@ impl<'a> Index<'a> {
             match o {
                 Object::EndpointSlice(e) => {
                     let ns = e.metadata.namespace.as_deref().unwrap_or("default");
-                    if let Some(svc) = e
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("kubernetes.io/service-name"))
-                    {
-                        ix.slices.entry((ns, svc.as_str())).or_default().push(e);
+                    if let Some(svc) = slice_service_name(e) {
+                        ix.slices.entry((ns, svc)).or_default().push(e);
                     }
                 }
                 Object::Pod(p) => {
@@ -164,11 +159,7 @@ impl<'a> Index<'a> {
             match o {
                 Object::EndpointSlice(e)
                     if e.metadata.namespace.as_deref().unwrap_or("default") == ns
-                        && e.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("kubernetes.io/service-name"))
-                            .is_some_and(|n| n == name) =>
+                        && slice_service_name(e) == Some(name) =>
                 {
                     ix.slices.entry((ns, name)).or_default().push(e);
                 }
@@ -180,6 +171,16 @@ impl<'a> Index<'a> {
         }
         ix
     }
+}
+
+/// The name of the Service an EndpointSlice belongs to: its
+/// `kubernetes.io/service-name` label.
+pub fn slice_service_name(e: &EndpointSlice) -> Option<&str> {
+    e.metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")
+        .map(String::as_str)
 }
 
 /// The view of one Service (None when the proxy leaves it alone).
