@@ -32,7 +32,7 @@ pub fn health(m: &Metrics) -> Result<(), &'static str> {
 
 fn respond(m: &Metrics, path: &str) -> (StatusCode, String) {
     match path {
-        "/metrics" => (StatusCode::OK, m.render()),
+        "/metrics" => (StatusCode::OK, m.render() + &m.render_drops()),
         "/healthz" => match health(m) {
             Ok(()) => (StatusCode::OK, "ok\n".into()),
             Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),

@@ -70,6 +70,13 @@ pub struct AgentConfig {
     pub big_tcp: bool,
     /// Receive packet steering on pods' host-side veths (`weft_kernel::rps`).
     pub rps: bool,
+    /// The ClusterIP range, which no externalIP may fall in.
+    pub service_cidrs: Vec<IpNet>,
+    /// Addresses the node depends on (its DNS upstreams), which no
+    /// Service may capture as an externalIP or LoadBalancer IP.
+    pub protected_ips: Vec<std::net::IpAddr>,
+    /// When set, externalIPs and LoadBalancer IPs only from these ranges.
+    pub external_ip_cidrs: Option<Vec<IpNet>>,
 }
 
 impl AgentConfig {

@@ -19,7 +19,12 @@ pub struct Metrics {
     pub fdb_removed: AtomicU64,
     /// Unix time of the last reconcile loop iteration, for liveness.
     pub heartbeat: AtomicU64,
+    pub invalid_endpoint_addresses: AtomicU64,
+    pub refused_external_ips: AtomicU64,
 }
+
+/// The tables whose named counters count drops.
+const DROP_TABLES: &[(&str, &str)] = &[("inet", weft_model::egress::TABLE)];
 
 impl Metrics {
     pub fn render(&self) -> String {
@@ -107,6 +112,39 @@ impl Metrics {
             "FDB entries removed.",
             self.fdb_removed.load(Relaxed) as f64,
         );
+        m(
+            "weft_agent_invalid_endpoint_addresses_total",
+            "counter",
+            "EndpointSlice addresses ignored: unparsable, or of the slice's other family.",
+            self.invalid_endpoint_addresses.load(Relaxed) as f64,
+        );
+        m(
+            "weft_agent_refused_external_ips",
+            "gauge",
+            "externalIPs and LoadBalancer IPs refused (they fall on cluster, Service or node addresses, or outside --external-ip-cidrs).",
+            self.refused_external_ips.load(Relaxed) as f64,
+        );
+        s
+    }
+
+    /// The drop counters weft's nftables tables keep, read now from the
+    /// kernel, as `weft_agent_dropped_packets_total{reason}`.
+    pub fn render_drops(&self) -> String {
+        let mut s = String::from(
+            "# HELP weft_agent_dropped_packets_total Packets weft dropped, by reason.\n# TYPE weft_agent_dropped_packets_total counter\n",
+        );
+        for (family, table) in DROP_TABLES {
+            match weft_kernel::nft::counters(family, table) {
+                Ok(cs) => {
+                    for (name, packets, _) in cs {
+                        s.push_str(&format!(
+                            "weft_agent_dropped_packets_total{{reason=\"{name}\"}} {packets}\n"
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, table, "cannot read drop counters"),
+            }
+        }
         s
     }
 }

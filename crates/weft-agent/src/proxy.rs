@@ -18,8 +18,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use weft_kernel::conntrack::{self, UdpFilter};
 use weft_kernel::nft::Nft;
+use weft_model::guard::{self, ExternalGuard, Refused};
 use weft_model::nftdoc::Table;
 use weft_model::proxy::{self, Fragment, UdpFront};
+use weft_model::services::ServiceView;
 use weft_model::{ClusterState, Object, ObjectKey};
 
 /// What one sync did, for metrics and benchmarks.
@@ -53,6 +55,13 @@ pub struct ServiceProxy {
     node: String,
     cluster_cidrs: Vec<IpNet>,
     applied: Option<Applied>,
+    /// Which externalIPs and LoadBalancer IPs a Service may claim.
+    guard: ExternalGuard,
+    /// The addresses the guard refused, by Service, as last reported.
+    refused: HashMap<ObjectKey, Vec<Refused>>,
+    /// EndpointSlice addresses left out so far (each reported once, when
+    /// its slice arrives or changes).
+    pub invalid_addresses: u64,
     /// A long-lived `nft -i` for the small transactions of changes: a
     /// fresh `nft -f` per change would wait for an RCU grace period when it
     /// closes its socket after any deletion (BENCHMARKS.md).
@@ -65,10 +74,58 @@ impl ServiceProxy {
     pub fn new(node: &str, cluster_cidrs: Vec<IpNet>) -> ServiceProxy {
         ServiceProxy {
             node: node.to_string(),
+            guard: ExternalGuard {
+                cluster_cidrs: cluster_cidrs.clone(),
+                ..ExternalGuard::default()
+            },
             cluster_cidrs,
             applied: None,
+            refused: HashMap::new(),
+            invalid_addresses: 0,
             nft: Nft::default(),
         }
+    }
+
+    /// Sets what external addresses must not fall on. A change (a node
+    /// joined, a flag) recompiles every Service at the next sync, since
+    /// any of them may hold an address that is now refused or allowed.
+    pub fn set_guard(&mut self, guard: ExternalGuard) {
+        if guard != self.guard {
+            self.guard = guard;
+            self.applied = None;
+        }
+    }
+
+    /// How many external addresses are refused now.
+    pub fn refused_count(&self) -> usize {
+        self.refused.values().map(Vec::len).sum()
+    }
+
+    /// A Service's view with the refused external addresses taken out,
+    /// each refusal logged once (when it first appears).
+    fn screened(
+        &mut self,
+        key: &ObjectKey,
+        mut v: ServiceView,
+        cluster_ips: &BTreeSet<IpAddr>,
+    ) -> ServiceView {
+        let r = self.guard.screen(&mut v, cluster_ips);
+        let before = self.refused.get(key);
+        for x in r.iter().filter(|x| !before.is_some_and(|b| b.contains(x))) {
+            tracing::warn!(
+                service = %format!("{}/{}", x.namespace, x.name),
+                field = x.field,
+                ip = %x.ip,
+                why = %x.why,
+                "external address refused"
+            );
+        }
+        if r.is_empty() {
+            self.refused.remove(key);
+        } else {
+            self.refused.insert(key.clone(), r);
+        }
+        v
     }
 
     /// This node's backends of every Service (`weft_model::bridge`).
@@ -106,6 +163,8 @@ impl ServiceProxy {
     /// The snapshot is shared (`Arc`) because the applier keeps it to find
     /// what the next one changed.
     pub fn sync(&mut self, state: Arc<ClusterState>) -> Result<SyncStats, AgentError> {
+        self.invalid_addresses +=
+            report_invalid_addresses(self.applied.as_ref().map(|a| &*a.state), &state);
         let Some(mut applied) = self.applied.take() else {
             return self.full(state);
         };
@@ -122,14 +181,17 @@ impl ServiceProxy {
     fn full(&mut self, state: Arc<ClusterState>) -> Result<SyncStats, AgentError> {
         let mut frags = HashMap::new();
         let mut max_count = 0;
+        let ips = guard::cluster_ips(&state);
+        self.refused.clear();
         for v in weft_model::services::services(&state) {
-            let f = proxy::compile_service(&v, &self.node);
-            max_count = max_count.max(f.max_count);
             let k = ObjectKey {
                 kind: "Service",
-                namespace: v.namespace,
-                name: v.name,
+                namespace: v.namespace.clone(),
+                name: v.name.clone(),
             };
+            let v = self.screened(&k, v, &ips);
+            let f = proxy::compile_service(&v, &self.node);
+            max_count = max_count.max(f.max_count);
             frags.insert(k, f);
         }
         let skeleton = proxy::skeleton_table(&self.cluster_cidrs, max_count);
@@ -172,11 +234,16 @@ impl ServiceProxy {
         let mut before = ap.skeleton.clone();
         let mut next: Vec<(ObjectKey, Option<Fragment>)> = Vec::new();
         let mut max_count = ap.max_count;
+        let ips = guard::cluster_ips(&state);
         for k in &dirty {
             let f = match state.objects.get(k) {
                 Some(Object::Service(svc)) => weft_model::services::service_view(&state, svc)
+                    .map(|v| self.screened(k, v, &ips))
                     .map(|v| proxy::compile_service(&v, &self.node)),
-                _ => None,
+                _ => {
+                    self.refused.remove(k);
+                    None
+                }
             };
             if let Some(f) = &f {
                 max_count = max_count.max(f.max_count);
@@ -322,6 +389,27 @@ fn count(refs: &mut Refs, f: &Fragment, by: i32) {
 /// Pod every selector Service in its namespace, and every Service whose
 /// slice there lists an endpoint without `nodeName` (its node is the
 /// pod's, `weft_model::services`).
+/// Logs the addresses of EndpointSlices new or changed since `prev` (all
+/// of them at the first sync) that are not backends, naming the object
+/// and field, and returns how many there were.
+fn report_invalid_addresses(prev: Option<&ClusterState>, next: &ClusterState) -> u64 {
+    let empty = ClusterState::default();
+    let mut n = 0;
+    for (k, _, now) in prev.unwrap_or(&empty).changed(next) {
+        let Some(Object::EndpointSlice(s)) = now else {
+            continue;
+        };
+        for why in weft_model::services::invalid_addresses(s) {
+            tracing::warn!(
+                endpointslice = %format!("{}/{}", k.namespace, k.name),
+                "address ignored: {why}"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
 pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<ObjectKey> {
     let mut out = BTreeSet::new();
     let mut pod_ns: BTreeSet<String> = BTreeSet::new();

@@ -189,8 +189,21 @@ impl Reconciler {
                 return Err(err("nftables")(e));
             }
         }
+        self.proxy.set_guard(weft_model::guard::ExternalGuard {
+            cluster_cidrs: cfg.cluster_cidrs.clone(),
+            service_cidrs: cfg.service_cidrs.clone(),
+            node_ips: node_ips.iter().copied().collect(),
+            protected: cfg.protected_ips.clone(),
+            allowed: cfg.external_ip_cidrs.clone(),
+        });
         self.last_egress = Some((base, node_ips));
         let st = self.proxy.sync(snapshot.clone())?;
+        self.metrics
+            .refused_external_ips
+            .store(self.proxy.refused_count() as u64, Relaxed);
+        self.metrics
+            .invalid_endpoint_addresses
+            .store(self.proxy.invalid_addresses, Relaxed);
         if st.sent {
             tracing::debug!(full = st.full, lines = st.lines, "Service rules applied");
         }
@@ -594,6 +607,9 @@ mod tests {
             resync: std::time::Duration::from_secs(30),
             big_tcp: true,
             rps: true,
+            service_cidrs: vec![],
+            protected_ips: vec![],
+            external_ip_cidrs: None,
         }
     }
 

@@ -79,6 +79,46 @@ pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
         .any(|l| l.trim() == want))
 }
 
+/// The named counters of `table <family> <name>`: (name, packets, bytes).
+/// A missing table has none. Read on demand (a metrics scrape), so an
+/// exec of nft is cheap enough and keeps no state in the agent.
+pub fn counters(family: &str, name: &str) -> Result<Vec<(String, u64, u64)>, KernelError> {
+    let out = Command::new(binary())
+        .args(["list", "counters", "table", family, name])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| KernelError::io("exec nft", e))?;
+    if !out.status.success() {
+        let e = KernelError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        return if is_missing(&e) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    Ok(parse_counters(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `nft list counters` output: `counter NAME {` then
+/// `packets P bytes B`.
+fn parse_counters(text: &str) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let mut name: Option<String> = None;
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["counter", n, "{"] => name = Some(n.trim_matches('"').to_string()),
+            ["packets", p, "bytes", b, ..] => {
+                if let (Some(n), Ok(p), Ok(b)) = (name.take(), p.parse(), b.parse()) {
+                    out.push((n, p, b));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A long-lived `nft -i` in the namespace it was started in.
 ///
 /// Each `nft -f` run closes its netlink socket on exit, and after a
@@ -228,5 +268,20 @@ impl Drop for NftSession {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    #[test]
+    fn parses_named_counters() {
+        let text = "table inet weft {\n\tcounter vxlan_foreign {\n\t\tpackets 3 bytes 420\n\t}\n\tcounter \"b\" {\n\t\tpackets 0 bytes 0\n\t}\n}\n";
+        assert_eq!(
+            super::parse_counters(text),
+            vec![
+                ("vxlan_foreign".to_string(), 3, 420),
+                ("b".to_string(), 0, 0)
+            ]
+        );
     }
 }

@@ -417,7 +417,10 @@ fn start_agent(
         .arg(nd.join("net.d"))
         .arg("--ipam-data-dir")
         .arg(nd.join("ipam"))
-        .args(["--metrics-addr", "0.0.0.0:9105"])
+        .args(["--metrics-addr", "127.0.0.1:9105"])
+        .args(["--service-cidr", weft_model::alloc::DEFAULT_SERVICE_CIDR])
+        // The external host's stub server is every lab DNS's upstream.
+        .args(["--protected-ip", &EXTERNAL_IP.to_string()])
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -871,12 +874,43 @@ fn apply_objects(
     Ok(())
 }
 
+/// Refuses, before anything is applied, a Service whose externalIPs would
+/// capture addresses the cluster depends on (`weft_model::guard`): the
+/// agents would refuse them anyway, and the user hears it here, by field.
+fn check_external_ips(st: &LabState, dir: &Path, objs: &[Object]) -> Result<(), LabError> {
+    let cluster = cluster_state(dir);
+    let guard = weft_model::guard::ExternalGuard {
+        cluster_cidrs: vec![st.cluster_cidr],
+        service_cidrs: vec![weft_model::alloc::DEFAULT_SERVICE_CIDR
+            .parse()
+            .expect("constant")],
+        node_ips: st.nodes.iter().map(|n| n.ip).collect(),
+        protected: vec![st.external_ip],
+        allowed: None,
+    };
+    let mut errors = Vec::new();
+    for o in objs {
+        if let Object::Service(svc) = o {
+            let k = o.key();
+            for e in guard.check_service(svc, &cluster) {
+                errors.push(format!("service/{}/{}: {e}", k.namespace, k.name));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(msg(errors.join("\n")))
+    }
+}
+
 pub fn apply(env: &LabEnv, name: &str, path: &Path) -> Result<Vec<String>, LabError> {
     let objs = manifest::load(path)?;
     check_duplicates(&objs)?;
     let dir = env.dir(name);
     let _lock = lock(&dir)?;
     let mut st = LabState::load(&dir)?.ok_or_else(|| msg(format!("lab {name:?} is not up")))?;
+    check_external_ips(&st, &dir, &objs)?;
     let mut report = Vec::new();
     let r = apply_objects(env, &mut st, &dir, &objs, &mut report);
     st.save(&dir)?;

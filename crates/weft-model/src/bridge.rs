@@ -75,6 +75,22 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
             "add rule bridge {t} replies {ip} saddr . meta l4proto . th sport @replies{v} meta pkttype set host ether daddr set {mac}"
         );
     }
+    // Fragments after the first carry no ports, so the rule above cannot
+    // pick them out: a local backend's large UDP reply would go up in part
+    // (its first fragment) and be switched in part, and neither half would
+    // arrive. Every fragment from a source in the set goes up instead; the
+    // node reassembles it, un-NATs it, and routes it back out (fragmented
+    // again). The fragment test comes first, so whole packets leave at one
+    // compare.
+    for (v, frag) in [
+        ("4", "ip frag-off & 0x3fff != 0 ip"),
+        ("6", "ip6 nexthdr ipv6-frag ip6"),
+    ] {
+        let _ = writeln!(
+            s,
+            "add rule bridge {t} replies {frag} saddr @sources{v} meta pkttype set host ether daddr set {mac}"
+        );
+    }
     // The protocol first: every other frame on the bridge passes this rule,
     // and a one-byte compare turns it away before the set lookup.
     for (v, ip, icmp) in [
@@ -120,7 +136,8 @@ pub fn delta(old: &BTreeSet<Endpoint>, new: &BTreeSet<Endpoint>) -> String {
     s
 }
 
-/// The addresses of `endpoints`: the ICMP rule's source set.
+/// The addresses of `endpoints`: the source set of the ICMP and fragment
+/// rules.
 fn sources(endpoints: &BTreeSet<Endpoint>) -> BTreeSet<IpAddr> {
     endpoints.iter().map(|(ip, ..)| *ip).collect()
 }
@@ -219,6 +236,8 @@ add chain bridge weft-br replies { type filter hook prerouting priority -300; po
 flush chain bridge weft-br replies
 add rule bridge weft-br replies ip saddr . meta l4proto . th sport @replies4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add rule bridge weft-br replies ip6 saddr . meta l4proto . th sport @replies6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies ip frag-off & 0x3fff != 0 ip saddr @sources4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
+add rule bridge weft-br replies ip6 nexthdr ipv6-frag ip6 saddr @sources6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add rule bridge weft-br replies icmp type { destination-unreachable, time-exceeded, parameter-problem } ip saddr @sources4 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add rule bridge weft-br replies icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ip6 saddr @sources6 meta pkttype set host ether daddr set 4e:fa:97:81:c6:01
 add element bridge weft-br replies4 { 10.244.1.5 . udp . 53, 10.244.1.7 . tcp . 8080 }

@@ -13,6 +13,9 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 pub const TABLE: &str = "weft";
+/// The named counter of VXLAN packets dropped because a sender is not a
+/// node (`weft_agent_dropped_packets_total{reason="vxlan_foreign"}`).
+pub const VXLAN_FOREIGN: &str = "vxlan_foreign";
 
 /// The script that makes `table inet weft` exactly this: the table is
 /// replaced whole in one transaction (NAT bindings of live connections are
@@ -55,11 +58,29 @@ pub fn ruleset(cluster_cidrs: &[IpNet], node_ips: &[IpAddr], vxlan_port: Option<
     // No hooked chain at all without VXLAN: even an empty one costs every
     // packet.
     if let Some(port) = vxlan_port {
+        let _ = writeln!(s, "add counter inet {t} {VXLAN_FOREIGN}");
         for (chain, hook) in [("notrack-pre", "prerouting"), ("notrack-out", "output")] {
             let _ = writeln!(
                 s,
                 "add chain inet {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}"
             );
+            if hook == "prerouting" {
+                // Only nodes speak VXLAN: the device takes any frame that
+                // reaches its port, and what is inside it (any source, any
+                // pod as destination) would be delivered as if a peer node
+                // had sent it. The port compare comes first, so other
+                // packets leave at one compare; the route lookup runs only
+                // for a foreign sender, so traffic to a pod's own UDP 8472
+                // still passes.
+                let _ = writeln!(
+                    s,
+                    "add rule inet {t} {chain} udp dport {port} ip saddr != @nodes4 fib daddr type local counter name {VXLAN_FOREIGN} drop"
+                );
+                let _ = writeln!(
+                    s,
+                    "add rule inet {t} {chain} udp dport {port} ip6 saddr != @nodes6 fib daddr type local counter name {VXLAN_FOREIGN} drop"
+                );
+            }
             let _ = writeln!(
                 s,
                 "add rule inet {t} {chain} ip saddr @nodes4 ip daddr @nodes4 udp dport {port} notrack"
@@ -121,7 +142,10 @@ add element inet weft cluster4 { 10.244.0.0/16 }
 add rule inet weft egress ip saddr @cluster4 ip daddr != @cluster4 ip daddr != @nodes4 masquerade
 add rule inet weft egress ip6 saddr @cluster6 ip6 daddr != @cluster6 ip6 daddr != @nodes6 masquerade
 add element inet weft nodes4 { 172.30.0.11, 172.30.0.12 }
+add counter inet weft vxlan_foreign
 add chain inet weft notrack-pre { type filter hook prerouting priority -300; policy accept; }
+add rule inet weft notrack-pre udp dport 8472 ip saddr != @nodes4 fib daddr type local counter name vxlan_foreign drop
+add rule inet weft notrack-pre udp dport 8472 ip6 saddr != @nodes6 fib daddr type local counter name vxlan_foreign drop
 add rule inet weft notrack-pre ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 notrack
 add chain inet weft notrack-out { type filter hook output priority -300; policy accept; }
 add rule inet weft notrack-out ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 notrack

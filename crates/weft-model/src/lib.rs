@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod dns;
 pub mod egress;
+pub mod guard;
 pub mod health;
 pub mod manifest;
 pub mod nftdoc;

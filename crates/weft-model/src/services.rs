@@ -183,6 +183,47 @@ pub fn slice_service_name(e: &EndpointSlice) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The family an EndpointSlice's `addressType` names: Some(true) for
+/// IPv4, Some(false) for IPv6, None for anything else (FQDN slices hold
+/// names, which no address parses as).
+fn slice_family(s: &EndpointSlice) -> Option<bool> {
+    match s.address_type.as_str() {
+        "IPv4" => Some(true),
+        "IPv6" => Some(false),
+        _ => None,
+    }
+}
+
+/// The addresses of an EndpointSlice that are not backends: ones that do
+/// not parse, or of the family the slice does not hold. Each as
+/// `endpoints[i].addresses[j]: "value": why`, for the agent's log (the
+/// API server would have refused them; a hand-written slice can hold
+/// anything).
+pub fn invalid_addresses(s: &EndpointSlice) -> Vec<String> {
+    let Some(v4) = slice_family(s) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, e) in s.endpoints.iter().enumerate() {
+        for (j, a) in e.addresses.iter().enumerate() {
+            let why = match a.parse::<IpAddr>() {
+                Err(_) => "not an IP address",
+                Ok(ip) if ip.is_ipv4() != v4 => {
+                    if v4 {
+                        "an IPv6 address in an IPv4 slice"
+                    } else {
+                        "an IPv4 address in an IPv6 slice"
+                    }
+                }
+                Ok(_) => continue,
+            };
+            let shown: String = a.chars().take(64).collect();
+            out.push(format!("endpoints[{i}].addresses[{j}]: {shown:?}: {why}"));
+        }
+    }
+    out
+}
+
 /// The view of one Service (None when the proxy leaves it alone).
 pub fn service_view(state: &ClusterState, svc: &Service) -> Option<ServiceView> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
@@ -281,12 +322,20 @@ fn view(ix: &Index, svc: &Service) -> Option<ServiceView> {
                 else {
                     continue;
                 };
+                let family = slice_family(s);
                 for e in &s.endpoints {
                     let c = e.conditions.clone().unwrap_or_default();
                     // Per the API: unset ready/serving mean true, unset
                     // terminating means false.
                     let ready = c.ready.unwrap_or(true) || publish_not_ready;
-                    for a in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    // An address of the slice's other family is not a
+                    // backend (`invalid_addresses` reports it).
+                    for a in e
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .filter(|a| family.is_none_or(|v4| a.is_ipv4() == v4))
+                    {
                         backends.push(Backend {
                             ip: a,
                             port: ep as u16,
@@ -458,6 +507,51 @@ fn pod_backends(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn invalid_slice_addresses_are_named_and_left_out() {
+        let yaml = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {clusterIP: 10.96.0.30, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.244.1.5]
+- addresses: ['10.0.0.300', not-an-ip, 'fd00::7']
+";
+        let mut st = ClusterState::default();
+        for o in crate::manifest::parse(std::path::Path::new("t.yaml"), yaml).unwrap() {
+            st.apply(o);
+        }
+        let v = services(&st);
+        let ips: Vec<String> = v[0].ports[0]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect();
+        assert_eq!(ips, ["10.244.1.5"]);
+        let slice = st
+            .objects
+            .values()
+            .find_map(|o| match o {
+                Object::EndpointSlice(e) => Some(e.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            invalid_addresses(&slice),
+            [
+                "endpoints[1].addresses[0]: \"10.0.0.300\": not an IP address",
+                "endpoints[1].addresses[1]: \"not-an-ip\": not an IP address",
+                "endpoints[1].addresses[2]: \"fd00::7\": an IPv6 address in an IPv4 slice",
+            ]
+        );
+    }
+
     use super::*;
 
     fn state(yaml: &str) -> ClusterState {

@@ -64,8 +64,14 @@ struct AgentArgs {
     cni_conf_name: String,
     #[arg(long, default_value = "/var/lib/cni/networks")]
     ipam_data_dir: PathBuf,
-    /// Where /healthz and /metrics are served.
-    #[arg(long, default_value = "0.0.0.0:9105")]
+    /// Where /healthz and /metrics are served: loopback by default, as
+    /// kube-proxy binds its metrics, since pods and hosts outside the node
+    /// have no business there. `0.0.0.0:9105` opens them to the network.
+    #[arg(
+        long,
+        visible_alias = "metrics-bind-address",
+        default_value = "127.0.0.1:9105"
+    )]
     metrics_addr: std::net::SocketAddr,
     /// Full resync period in seconds.
     #[arg(long, default_value_t = 30)]
@@ -85,6 +91,20 @@ struct AgentArgs {
     /// manager), whose isolation it would cross.
     #[arg(long)]
     no_rps: bool,
+    /// The ClusterIP range(s). No Service may claim an address in them as
+    /// an externalIP or LoadBalancer IP.
+    #[arg(long = "service-cidr", value_delimiter = ',')]
+    service_cidrs: Vec<ipnet::IpNet>,
+    /// Addresses the nodes depend on that no Service may capture as an
+    /// externalIP or LoadBalancer IP (repeatable). Default: the
+    /// nameservers of /etc/resolv.conf, the node's DNS upstreams.
+    #[arg(long = "protected-ip", value_delimiter = ',')]
+    protected_ips: Vec<std::net::IpAddr>,
+    /// Allow externalIPs and LoadBalancer IPs only inside these ranges, as
+    /// Kubernetes' DenyServiceExternalIPs admission plugin suggests.
+    /// Default: any address that is not refused for another reason.
+    #[arg(long = "external-ip-cidrs", value_delimiter = ',')]
+    external_ip_cidrs: Option<Vec<ipnet::IpNet>>,
     /// text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -223,6 +243,18 @@ fn run(cli: Cli) -> Result<i32> {
                 resync: std::time::Duration::from_secs(a.resync_secs.max(1)),
                 big_tcp: !a.no_big_tcp,
                 rps: !a.no_rps,
+                service_cidrs: a.service_cidrs,
+                protected_ips: if a.protected_ips.is_empty() {
+                    std::fs::read_to_string("/etc/resolv.conf")
+                        .map(|t| weft_dns::resolv_conf_nameservers(&t))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| a.ip())
+                        .collect()
+                } else {
+                    a.protected_ips
+                },
+                external_ip_cidrs: a.external_ip_cidrs,
             })?;
             Ok(0)
         }
