@@ -567,7 +567,8 @@ fn affinity_readiness_hairpin_and_udp_conntrack() {
 
     // One table each, its rules not duplicated by the updates.
     let rules = lab.sh("node/node-1", "nft list table bridge weft-br");
-    assert_eq!(rules.matches("meta pkttype set host").count(), 4, "{rules}");
+    // Six rules: ports, fragments and ICMP errors, for each family.
+    assert_eq!(rules.matches("meta pkttype set host").count(), 6, "{rules}");
 }
 
 /// The elements of a node's `weft-br` reply set, as the kernel has them.
