@@ -11,6 +11,7 @@ pub mod ipam_store;
 pub mod net;
 pub mod netns;
 pub mod nft;
+pub mod nft_elements;
 pub mod overlay;
 pub mod rps;
 pub mod sysctl;

@@ -1,0 +1,82 @@
+//! The in-process element writer against the kernel, in a fresh namespace:
+//! what it adds is what `nft` lists, in the sets `nft` made.
+
+use weft_kernel::netns::NetNs;
+use weft_kernel::nft_elements::{self, Family, Key, Op, SetElements};
+use weft_testkit::Netns;
+
+#[test]
+fn elements_go_in_and_out_as_nft_sees_them() {
+    let ns = Netns::new("nftel");
+    ns.ok("nft add table bridge t; nft add set bridge t ports '{ type ifname; }'; nft add set bridge t src4 '{ type ifname . ipv4_addr; }'; nft add set bridge t src6 '{ type ifname . ipv6_addr; }'");
+    let nn = NetNs::open(&ns.path()).unwrap();
+    let sets = vec![
+        SetElements {
+            set: "ports".into(),
+            keys: vec![Key::new().ifname("weftabc").build()],
+        },
+        SetElements {
+            set: "src4".into(),
+            keys: vec![
+                Key::new()
+                    .ifname("weftabc")
+                    .ip("10.244.1.5".parse().unwrap())
+                    .build(),
+                Key::new()
+                    .ifname("weftabc")
+                    .ip("10.244.1.6".parse().unwrap())
+                    .build(),
+            ],
+        },
+        SetElements {
+            set: "src6".into(),
+            keys: vec![Key::new()
+                .ifname("weftabc")
+                .ip("fd00::5".parse().unwrap())
+                .build()],
+        },
+    ];
+    let s = sets.clone();
+    nn.run(move || nft_elements::apply(Family::Bridge, "t", Op::Add, &s))
+        .unwrap();
+    let listed = ns.ok("nft list table bridge t");
+    for want in [
+        "\"weftabc\" . 10.244.1.5",
+        "\"weftabc\" . 10.244.1.6",
+        "\"weftabc\" . fd00::5",
+        "elements = { \"weftabc\" }",
+    ] {
+        assert!(listed.contains(want), "{want} not in\n{listed}");
+    }
+    // Adding again is not an error (as `nft add element`).
+    let s = sets.clone();
+    nn.run(move || nft_elements::apply(Family::Bridge, "t", Op::Add, &s))
+        .unwrap();
+    // Removing twice is not either.
+    for _ in 0..2 {
+        let s = sets.clone();
+        nn.run(move || nft_elements::apply(Family::Bridge, "t", Op::Remove, &s))
+            .unwrap();
+    }
+    let listed = ns.ok("nft list table bridge t");
+    assert!(!listed.contains("weftabc"), "{listed}");
+    // A missing set is ENOENT, and nothing of the batch is applied.
+    let mut bad = sets.clone();
+    bad.push(SetElements {
+        set: "nope".into(),
+        keys: vec![vec![1, 2, 3, 4]],
+    });
+    let e = nn
+        .run(move || nft_elements::apply(Family::Bridge, "t", Op::Add, &bad))
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc_enoent()), "{e}");
+    let listed = ns.ok("nft list table bridge t");
+    assert!(
+        !listed.contains("weftabc"),
+        "half a batch applied:\n{listed}"
+    );
+}
+
+fn libc_enoent() -> i32 {
+    2
+}
