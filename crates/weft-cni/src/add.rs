@@ -6,11 +6,12 @@
 use crate::env::Env;
 use crate::ipam::{self, Allocation};
 use crate::kernel_err;
-use crate::record::{host_veth_name, Record};
+use crate::record::{host_veth_candidate, owner_alias, Record, VETH_CANDIDATES};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::path::Path;
 use weft_core::cni::config::invalid_config_path;
+use weft_core::cni::error::clip;
 use weft_core::cni::{CniError, CniResult, Code, Interface, NetConf, Route, Version};
 use weft_core::nft::{HostPort, MacSpoof, PodNat};
 use weft_kernel::ipam_store::IpamStore;
@@ -24,37 +25,49 @@ pub fn add(
     v: Version,
     stdin: &[u8],
 ) -> Result<serde_json::Value, CniError> {
+    // An ADD that fails leaves nothing behind, and that includes the
+    // network's IPAM directory if this ADD is what created it.
+    let store_dir = conf.data_dir().join(&conf.name);
+    let fresh = !store_dir.exists();
+    let r = attach(env, conf, v, stdin);
+    if r.is_err() && fresh && store_dir.exists() {
+        if let Ok(store) = IpamStore::open(&conf.data_dir(), &conf.name) {
+            let _ = store.remove_if_unused();
+        }
+    }
+    r
+}
+
+fn attach(
+    env: &Env,
+    conf: &NetConf,
+    v: Version,
+    stdin: &[u8],
+) -> Result<serde_json::Value, CniError> {
     let id = env.container_id()?;
     let ifname = env.ifname()?;
     let netns_path = env.netns()?;
     let args = env.cni_args()?;
-    if conf.name.is_empty() {
-        return Err(invalid_config_path("name", "missing"));
-    }
     let netns = NetNs::open(Path::new(netns_path))
         .map_err(|e| CniError::new(Code::InvalidEnv, format!("CNI_NETNS: {e}")))?;
 
     let mac = match (conf.requested_mac(), &args.mac) {
         (Some(m), _) => Some(parse_mac(m).ok_or_else(|| {
-            invalid_config_path("runtimeConfig.mac", format!("{m:?} is not a MAC address"))
+            invalid_config_path(
+                "runtimeConfig.mac",
+                format!("{} is not a MAC address", clip(m)),
+            )
         })?),
         (None, Some(m)) => Some(parse_mac(m).ok_or_else(|| {
             CniError::new(
                 Code::InvalidEnv,
-                format!("CNI_ARGS: MAC {m:?} is not a MAC address"),
+                format!("CNI_ARGS: MAC {} is not a MAC address", clip(m)),
             )
         })?),
         // macspoofchk pins the MAC before the record is written, so the
         // record can name the element DEL must remove.
         (None, None) if conf.macspoofchk => Some(random_mac().to_vec()),
         (None, None) => None,
-    };
-    let spoof = match (&mac, conf.macspoofchk) {
-        (Some(m), true) => Some(MacSpoof {
-            iface: host_veth_name(id, ifname),
-            mac: weft_kernel::net::format_mac(m),
-        }),
-        _ => None,
     };
     let requested = {
         let from_conf = conf.requested_ips();
@@ -65,6 +78,13 @@ pub fn add(
             ipam::parse_requested(&from_conf, "runtimeConfig.ips")?
         }
     };
+
+    // The host end's name goes into the record before the link exists, so
+    // it is picked now: the first of the attachment's names that no link
+    // on the node has.
+    let host = Net::new().map_err(kernel_err("netlink"))?;
+    let mut veth = pick_host_veth(&host, id, ifname, 0)?;
+    let mut spoof = spoof_for(&mac, conf, &veth.1);
 
     // IPAM first: nothing is touched in the kernel until we own addresses.
     let builtin = conf.ipam_is_builtin();
@@ -77,7 +97,7 @@ pub fn add(
         if let Err(e) = store.put_record(
             id,
             ifname,
-            &record_json(id, ifname, netns_path, conf, &a, spoof.clone()),
+            &record_json(id, ifname, netns_path, conf, &a, &veth.1, spoof.clone()),
         ) {
             for ip in &a.ips {
                 let _ = store.release(ip.address.addr(), id, ifname);
@@ -112,7 +132,7 @@ pub fn add(
             store.put_record(
                 id,
                 ifname,
-                &record_json(id, ifname, netns_path, conf, &a, spoof.clone()),
+                &record_json(id, ifname, netns_path, conf, &a, &veth.1, spoof.clone()),
             )
         });
         if let Err(e) = written {
@@ -123,18 +143,77 @@ pub fn add(
     };
 
     let mut done = Done::default();
-    match setup(
-        conf,
-        Plan {
-            id,
+    let created = loop {
+        match host.create_veth(
+            &veth.1,
             ifname,
-            mac: mac.as_deref(),
-            spoof,
-        },
-        &netns,
-        &alloc,
-        &mut done,
-    ) {
+            netns.raw_fd(),
+            conf.mtu,
+            mac.as_deref(),
+            conf.gso_ipv4_max_size,
+        ) {
+            Ok(()) => break Ok(()),
+            // Another ADD took the name since we looked: take the next
+            // one, and record it before it exists, as for the first.
+            Err(e) if e.is_exists() && host.link_by_name(&veth.1).is_ok_and(|l| l.is_some()) => {
+                let next = pick_host_veth(&host, id, ifname, veth.0 + 1).and_then(|next| {
+                    let sp = spoof_for(&mac, conf, &next.1);
+                    IpamStore::open(&conf.data_dir(), &conf.name)
+                        .and_then(|store| {
+                            store.put_record(
+                                id,
+                                ifname,
+                                &record_json(
+                                    id,
+                                    ifname,
+                                    netns_path,
+                                    conf,
+                                    &alloc,
+                                    &next.1,
+                                    sp.clone(),
+                                ),
+                            )
+                        })
+                        .map_err(kernel_err("write attachment record"))?;
+                    Ok((next, sp))
+                });
+                match next {
+                    Ok((n, sp)) => (veth, spoof) = (n, sp),
+                    Err(e) => break Err(e),
+                }
+            }
+            Err(e) if e.is_exists() => {
+                break Err(CniError::new(
+                    Code::Internal,
+                    format!("interface {ifname} already exists in the container"),
+                ))
+            }
+            Err(e) => break Err(kernel_err("create veth pair")(e)),
+        }
+    };
+    let result = created.and_then(|()| {
+        // Only a link this ADD made is ever rolled back, and by its index:
+        // the name may be another's again by then.
+        let hv = host
+            .link_by_name(&veth.1)
+            .map_err(kernel_err("find host veth"))?
+            .ok_or_else(|| CniError::new(Code::Internal, format!("{} vanished", veth.1)))?;
+        done.veth = Some(hv.index);
+        setup(
+            conf,
+            &host,
+            Plan {
+                id,
+                ifname,
+                hv,
+                spoof,
+            },
+            &netns,
+            &alloc,
+            &mut done,
+        )
+    });
+    match result {
         Ok(mut result) => {
             result.dns = [conf.dns.clone(), conf.runtime_config.dns.clone()]
                 .into_iter()
@@ -144,22 +223,62 @@ pub fn add(
             Ok(result.to_json(v))
         }
         Err(e) => {
-            rollback(env, conf, id, ifname, stdin, &alloc, &done);
+            rollback(env, conf, &host, id, ifname, stdin, &alloc, &done);
             Err(e)
         }
     }
 }
 
-/// What `setup` got as far as, for rollback.
+/// The first of the attachment's host veth names, from the `from`-th on,
+/// that no link on the node has: (which one, the name).
+fn pick_host_veth(
+    host: &Net,
+    id: &str,
+    ifname: &str,
+    from: u32,
+) -> Result<(u32, String), CniError> {
+    for n in from..VETH_CANDIDATES {
+        let name = host_veth_candidate(id, ifname, n);
+        if host
+            .link_by_name(&name)
+            .map_err(kernel_err("look up host veth name"))?
+            .is_none()
+        {
+            return Ok((n, name));
+        }
+    }
+    Err(CniError::new(
+        Code::Internal,
+        format!(
+            "every host veth name of container {} interface {ifname} is taken by another link",
+            clip(id)
+        ),
+    ))
+}
+
+fn spoof_for(mac: &Option<Vec<u8>>, conf: &NetConf, host_veth: &str) -> Option<MacSpoof> {
+    match (mac, conf.macspoofchk) {
+        (Some(m), true) => Some(MacSpoof {
+            iface: host_veth.to_string(),
+            mac: weft_kernel::net::format_mac(m),
+        }),
+        _ => None,
+    }
+}
+
+/// What the ADD got as far as, for rollback.
 #[derive(Default)]
 struct Done {
-    veth: Option<String>,
+    /// The ifindex of the host end this ADD created.
+    veth: Option<u32>,
     nat: Option<PodNat>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rollback(
     env: &Env,
     conf: &NetConf,
+    host: &Net,
     id: &str,
     ifname: &str,
     stdin: &[u8],
@@ -169,12 +288,8 @@ fn rollback(
     if let Some(nat) = &done.nat {
         crate::del::remove_nat(nat);
     }
-    if let Some(name) = &done.veth {
-        if let Ok(net) = Net::new() {
-            if let Ok(Some(l)) = net.link_by_name(name) {
-                let _ = net.del_link(l.index);
-            }
-        }
+    if let Some(index) = done.veth {
+        let _ = host.del_link(index);
     }
     if let Ok(store) = IpamStore::open(&conf.data_dir(), &conf.name) {
         if conf.ipam_is_builtin() {
@@ -195,7 +310,8 @@ pub fn already_attached(conf: &NetConf, id: &str, ifname: &str) -> CniError {
     CniError::new(
         Code::Internal,
         format!(
-            "container {id} interface {ifname} is already attached to network {}; DEL it first",
+            "container {} interface {ifname} is already attached to network {}; DEL it first",
+            clip(id),
             conf.name
         ),
     )
@@ -207,13 +323,14 @@ fn record_json(
     netns: &str,
     conf: &NetConf,
     a: &Allocation,
+    host_veth: &str,
     spoof: Option<MacSpoof>,
 ) -> String {
     let record = Record {
         container_id: id.to_string(),
         ifname: ifname.to_string(),
         netns: netns.to_string(),
-        host_veth: host_veth_name(id, ifname),
+        host_veth: host_veth.to_string(),
         ips: a.ips.iter().map(|i| i.address).collect(),
         nat: nat_plan(conf, a, spoof),
     };
@@ -256,16 +373,20 @@ fn family_gateway(a: &Allocation, v4: bool) -> Option<IpAddr> {
         .find_map(|i| i.gateway)
 }
 
-/// Who is being attached, and with which MAC.
+/// Who is being attached, through which host end.
 struct Plan<'a> {
     id: &'a str,
     ifname: &'a str,
-    mac: Option<&'a [u8]>,
+    /// The host end, just created.
+    hv: weft_kernel::net::Link,
     spoof: Option<MacSpoof>,
 }
 
+/// Everything after the pair exists: the bridge, the container side, the
+/// gateway and the NAT elements.
 fn setup(
     conf: &NetConf,
+    host: &Net,
     plan: Plan,
     netns: &NetNs,
     alloc: &Allocation,
@@ -274,11 +395,10 @@ fn setup(
     let Plan {
         id,
         ifname,
-        mac,
+        hv,
         spoof,
     } = plan;
     let k = kernel_err;
-    let host = Net::new().map_err(k("netlink"))?;
     let bridge = host
         .ensure_bridge(
             conf.bridge_name(),
@@ -299,33 +419,14 @@ fn setup(
                 format!("bridge {}: {e}", conf.bridge_name()),
             )
         })?;
-    let host_veth = host_veth_name(id, ifname);
-    // Mark before creating: a half-made pair is still ours to remove.
-    done.veth = Some(host_veth.clone());
-    host.create_veth(
-        &host_veth,
-        ifname,
-        netns.raw_fd(),
-        conf.mtu,
-        mac,
-        conf.gso_ipv4_max_size,
+    let host_veth = hv.name.clone();
+    host.attach_port(
+        hv.index,
+        bridge.index,
+        conf.hairpin_mode,
+        Some(&owner_alias(id, ifname)),
     )
-        .map_err(|e| {
-            if e.is_exists() {
-                CniError::new(
-                    Code::Internal,
-                    format!("interface {ifname} already exists in the container, or {host_veth} on the host"),
-                )
-            } else {
-                k("create veth pair")(e)
-            }
-        })?;
-    let hv = host
-        .link_by_name(&host_veth)
-        .map_err(k("find host veth"))?
-        .ok_or_else(|| CniError::new(Code::Internal, format!("{host_veth} vanished")))?;
-    host.attach_port(hv.index, bridge.index, conf.hairpin_mode)
-        .map_err(k("attach veth to bridge"))?;
+    .map_err(k("attach veth to bridge"))?;
     if conf.rps {
         // An optimisation only: a node whose /sys cannot be written (or
         // shows another namespace) still gets a working pod.
@@ -409,7 +510,7 @@ fn setup(
         .map_err(k("configure container interface"))?;
 
     if conf.is_gateway || conf.is_default_gateway {
-        ensure_gateway(&host, bridge.index, conf, alloc)?;
+        ensure_gateway(host, bridge.index, conf, alloc)?;
     }
 
     let nat = nat_plan(conf, alloc, spoof);

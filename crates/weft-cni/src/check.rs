@@ -3,7 +3,7 @@
 
 use crate::env::Env;
 use crate::kernel_err;
-use crate::record::{host_veth_name, Record};
+use crate::record::{host_veth_name, owner_alias, Record};
 use std::path::Path;
 use weft_core::cni::config::invalid_config_path;
 use weft_core::cni::{CniError, CniResult, Code, NetConf};
@@ -25,22 +25,30 @@ pub fn check(env: &Env, conf: &NetConf, _stdin: &[u8]) -> Result<(), CniError> {
         .ok_or_else(|| invalid_config_path("prevResult", "required for CHECK"))?;
     let prev = CniResult::from_json(prev)?;
 
+    // The host end is named in the record (ADD may have had to pass over
+    // a name another link held); without one, it has the first name.
+    let mut hv_name = host_veth_name(id, ifname);
     if conf.ipam_is_builtin() {
-        let store =
-            IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
+        let no_attachment = || {
+            broken(format!(
+                "no attachment of {id}/{ifname} on network {}",
+                conf.name
+            ))
+        };
+        let store = IpamStore::open_existing(&conf.data_dir(), &conf.name)
+            .map_err(kernel_err("ipam store"))?
+            .ok_or_else(no_attachment)?;
         let rec = store
             .get_record(id, ifname)
             .as_deref()
             .and_then(Record::parse)
-            .ok_or_else(|| {
-                broken(format!(
-                    "no attachment of {id}/{ifname} on network {}",
-                    conf.name
-                ))
-            })?;
+            .ok_or_else(no_attachment)?;
+        hv_name = rec.host_veth.clone();
         for ip in &prev.ips {
             if !rec.ips.iter().any(|r| r.addr() == ip.address.addr())
-                || store.owner(ip.address.addr()).map(|o| o.0) != Some(id.to_string())
+                || !store
+                    .holder(ip.address.addr())
+                    .is_some_and(|h| h.is(id, ifname))
             {
                 return Err(broken(format!(
                     "address {} is not reserved for {id}",
@@ -48,6 +56,14 @@ pub fn check(env: &Env, conf: &NetConf, _stdin: &[u8]) -> Result<(), CniError> {
                 )));
             }
         }
+    } else if let Some(rec) = IpamStore::open_existing(&conf.data_dir(), &conf.name)
+        .ok()
+        .flatten()
+        .and_then(|store| store.get_record(id, ifname))
+        .as_deref()
+        .and_then(Record::parse)
+    {
+        hv_name = rec.host_veth;
     }
 
     let k = kernel_err;
@@ -64,11 +80,20 @@ pub fn check(env: &Env, conf: &NetConf, _stdin: &[u8]) -> Result<(), CniError> {
         .link_by_name(conf.bridge_name())
         .map_err(k("find bridge"))?
         .ok_or_else(|| broken(format!("bridge {} is missing", conf.bridge_name())))?;
-    let hv_name = host_veth_name(id, ifname);
     let hv = host
         .link_by_name(&hv_name)
         .map_err(k("find host veth"))?
         .ok_or_else(|| broken(format!("host veth {hv_name} is missing")))?;
+    if hv
+        .alias
+        .as_deref()
+        .is_some_and(|a| a != owner_alias(id, ifname))
+    {
+        return Err(broken(format!(
+            "host veth {hv_name} belongs to another attachment ({})",
+            hv.alias.as_deref().unwrap_or("")
+        )));
+    }
     if hv.controller != Some(bridge.index) {
         return Err(broken(format!(
             "{hv_name} is not attached to {}",

@@ -6,7 +6,7 @@ use crate::add::nat_plan;
 use crate::env::Env;
 use crate::ipam::{self, Allocation};
 use crate::kernel_err;
-use crate::record::{host_veth_name, Record};
+use crate::record::{host_veth_candidate, owns, Record, VETH_CANDIDATES};
 use weft_core::cni::{CniError, CniResult, Code, IpConfig, NetConf};
 use weft_core::nft::PodNat;
 use weft_kernel::ipam_store::IpamStore;
@@ -16,18 +16,19 @@ use weft_kernel::nft;
 pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     let id = env.container_id()?;
     let ifname = env.ifname()?;
-    if conf.name.is_empty() {
-        return Err(weft_core::cni::config::invalid_config_path(
-            "name", "missing",
-        ));
-    }
     let mut errors: Vec<String> = Vec::new();
     if conf.ipam_is_builtin() {
         // Read under the lock, then let it go: the slow part (the kernel
         // deleting the veth) must not serialise every other ADD and DEL.
+        // A network with no IPAM directory has no attachments to undo
+        // there, and a DEL must not make one.
         let record = {
-            let store =
-                IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
+            let store = IpamStore::open_existing(&conf.data_dir(), &conf.name)
+                .map_err(kernel_err("ipam store"))?;
+            let Some(store) = store else {
+                teardown(&derived(id, ifname, conf, &[]), &mut errors);
+                return finish(errors);
+            };
             match store
                 .get_record(id, ifname)
                 .as_deref()
@@ -35,14 +36,17 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             {
                 Some(r) => r,
                 None => {
-                    // No record: a crash before it was written, or an
-                    // attachment made by host-local itself. Scan.
+                    // No record (a crash before it was written, or an
+                    // attachment made by host-local itself) or one that
+                    // cannot be read. Scan, in every format host-local
+                    // has written.
                     let held: Vec<IpConfig> = store
                         .reservations()
                         .map_err(kernel_err("scan reservations"))?
                         .into_iter()
-                        .filter(|(_, oid, oif)| oid == id && (oif == ifname || oif.is_empty()))
-                        .filter_map(|(ip, _, _)| {
+                        .filter(|r| r.holder.is(id, ifname))
+                        .filter_map(|r| {
+                            let ip = r.ip;
                             Some(IpConfig {
                                 address: ipnet::IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })
                                     .ok()?,
@@ -51,33 +55,33 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                             })
                         })
                         .collect();
-                    let r = Record {
-                        container_id: id.to_string(),
-                        ifname: ifname.to_string(),
-                        host_veth: host_veth_name(id, ifname),
-                        ips: held.iter().map(|i| i.address).collect(),
-                        nat: nat_for(conf, &held),
-                        ..Default::default()
-                    };
-                    r
+                    derived(id, ifname, conf, &held)
                 }
             }
         };
         teardown(&record, &mut errors);
-        let store =
-            IpamStore::open(&conf.data_dir(), &conf.name).map_err(kernel_err("ipam store"))?;
-        for ip in &record.ips {
-            if let Err(e) = store.release(ip.addr(), id, ifname) {
-                errors.push(format!("release {ip}: {e}"));
+        let store = IpamStore::open_existing(&conf.data_dir(), &conf.name)
+            .map_err(kernel_err("ipam store"))?;
+        if let Some(store) = store {
+            for ip in &record.ips {
+                if let Err(e) = store.release(ip.addr(), id, ifname) {
+                    errors.push(format!("release {ip}: {e}"));
+                }
+            }
+            if let Err(e) = store.del_record(id, ifname) {
+                errors.push(format!("remove record: {e}"));
             }
         }
-        if let Err(e) = store.del_record(id, ifname) {
-            errors.push(format!("remove record: {e}"));
-        }
     } else {
-        // ADD's record if there is one; else what prevResult says.
-        let stored = IpamStore::open(&conf.data_dir(), &conf.name)
-            .ok()
+        // ADD's record if there is one; else what prevResult says. A store
+        // that cannot be opened holds no record: ADD would have failed to
+        // write one. That is no reason to fail DEL.
+        let store = || {
+            IpamStore::open_existing(&conf.data_dir(), &conf.name)
+                .ok()
+                .flatten()
+        };
+        let stored = store()
             .and_then(|store| store.get_record(id, ifname))
             .as_deref()
             .and_then(Record::parse);
@@ -88,24 +92,34 @@ pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 .and_then(|p| CniResult::from_json(p).ok())
                 .map(|r| r.ips)
                 .unwrap_or_default();
-            Record {
-                host_veth: host_veth_name(id, ifname),
-                nat: nat_for(conf, &prev),
-                ..Default::default()
-            }
+            derived(id, ifname, conf, &prev)
         });
         teardown(&record, &mut errors);
         if let Err(e) = ipam::delegate_quiet(env, conf, "DEL", stdin) {
             errors.push(e.msg);
         }
-        // A store that cannot be opened holds no record: ADD would have
-        // failed to write one. That is no reason to fail DEL.
-        if let Ok(store) = IpamStore::open(&conf.data_dir(), &conf.name) {
+        if let Some(store) = store() {
             if let Err(e) = store.del_record(id, ifname) {
                 errors.push(format!("remove record: {e}"));
             }
         }
     }
+    finish(errors)
+}
+
+/// What DEL undoes when it has no record to go by: the attachment's host
+/// end under any of its names, and the NAT elements `ips` would have.
+fn derived(id: &str, ifname: &str, conf: &NetConf, ips: &[IpConfig]) -> Record {
+    Record {
+        container_id: id.to_string(),
+        ifname: ifname.to_string(),
+        ips: ips.iter().map(|i| i.address).collect(),
+        nat: nat_for(conf, ips),
+        ..Default::default()
+    }
+}
+
+fn finish(errors: Vec<String>) -> Result<(), CniError> {
     if errors.is_empty() {
         Ok(())
     } else {
@@ -128,24 +142,38 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 }
 
 /// Removes the kernel state of one attachment; keeps going past failures
-/// and collects them.
+/// and collects them. A record without `host_veth` (lost, or never
+/// written) has its host end looked for under every name ADD may have
+/// given it.
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
     if record.nat.per_pod() {
         remove_nat(&record.nat);
     }
     // Deleting the host end removes the pair, wherever the peer is; if the
-    // netns is gone the kernel has already removed both.
-    match Net::new() {
-        Ok(net) => match net.link_by_name(&record.host_veth) {
-            Ok(Some(l)) => {
+    // netns is gone the kernel has already removed both, and the name may
+    // be another pod's by now: only a link that is ours goes.
+    let net = match Net::new() {
+        Ok(net) => net,
+        Err(e) => return errors.push(format!("netlink: {e}")),
+    };
+    let (id, ifname) = (&record.container_id, &record.ifname);
+    let named: Vec<(String, bool)> = if record.host_veth.is_empty() {
+        (0..VETH_CANDIDATES)
+            .map(|n| (host_veth_candidate(id, ifname, n), false))
+            .collect()
+    } else {
+        vec![(record.host_veth.clone(), true)]
+    };
+    for (name, recorded) in named {
+        match net.link_by_name(&name) {
+            Ok(Some(l)) if owns(&l, id, ifname, recorded) => {
                 if let Err(e) = net.del_link(l.index) {
-                    errors.push(format!("delete {}: {e}", record.host_veth));
+                    errors.push(format!("delete {name}: {e}"));
                 }
             }
-            Ok(None) => {}
-            Err(e) => errors.push(format!("find {}: {e}", record.host_veth)),
-        },
-        Err(e) => errors.push(format!("netlink: {e}")),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("find {name}: {e}")),
+        }
     }
 }
 

@@ -1,4 +1,15 @@
+use weft_core::cni::error::clip;
 use weft_core::cni::{CniArgs, CniError, Code};
+
+/// Set by weft-cni on every plugin it runs (one more than its own), so a
+/// weft-cni reached again through its own IPAM delegation, directly or
+/// through other plugins, knows it is looping.
+pub const DEPTH_VAR: &str = "WEFT_CNI_DEPTH";
+
+/// The deepest a weft-cni may find itself: delegated IPAM never needs
+/// weft-cni again, so anything past a couple of levels is a loop, and each
+/// level is a process held open.
+pub const MAX_DEPTH: u32 = 2;
 
 /// The CNI_* environment, captured once so the verbs can be driven from
 /// tests without touching the process environment.
@@ -10,6 +21,8 @@ pub struct Env {
     pub ifname: Option<String>,
     pub args: Option<String>,
     pub path: Option<String>,
+    /// How many weft-cni delegations this process runs under (DEPTH_VAR).
+    pub depth: u32,
 }
 
 impl Env {
@@ -22,7 +35,25 @@ impl Env {
             ifname: get("CNI_IFNAME"),
             args: get("CNI_ARGS"),
             path: get("CNI_PATH"),
+            // Unparseable counts as too deep: a loop must not reset itself
+            // by garbling the counter.
+            depth: get(DEPTH_VAR).map_or(0, |d| d.trim().parse().unwrap_or(u32::MAX)),
         }
+    }
+
+    /// Refuses to go on when weft-cni is running inside its own delegation
+    /// chain deeper than any real configuration needs.
+    pub fn check_depth(&self) -> Result<(), CniError> {
+        if self.depth > MAX_DEPTH {
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                format!(
+                    "ipam.type: weft-cni was run {} levels deep inside its own IPAM delegation ({DEPTH_VAR}); the IPAM plugin chain loops back to weft-cni",
+                    self.depth
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn missing(var: &str) -> CniError {
@@ -43,7 +74,10 @@ impl Env {
         if !ok {
             return Err(CniError::new(
                 Code::InvalidEnv,
-                format!("CNI_CONTAINERID: {id:?} must be alphanumerics, '_', '.' or '-'"),
+                format!(
+                    "CNI_CONTAINERID: {} must be alphanumerics, '_', '.' or '-'",
+                    clip(id)
+                ),
             ));
         }
         Ok(id)
@@ -63,7 +97,7 @@ impl Env {
         {
             return Err(CniError::new(
                 Code::InvalidEnv,
-                format!("CNI_IFNAME: {n:?} is not a valid interface name"),
+                format!("CNI_IFNAME: {} is not a valid interface name", clip(n)),
             ));
         }
         Ok(n)

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use weft_core::cni::config::invalid_config_path;
+use weft_core::cni::error::clip;
 use weft_core::cni::{CniError, CniResult, Code, Dns, IpConfig, NetConf, Route};
 use weft_core::ipam::RangeSet;
 use weft_kernel::ipam_store::IpamStore;
@@ -27,18 +28,19 @@ pub fn parse_requested(ips: &[String], field: &str) -> Result<Vec<IpAddr>, CniEr
         .map(|s| {
             s.parse::<IpAddr>()
                 .or_else(|_| s.parse::<IpNet>().map(|n| n.addr()))
-                .map_err(|_| invalid_config_path(field, format!("{s:?} is not an IP address")))
+                .map_err(|_| {
+                    invalid_config_path(field, format!("{} is not an IP address", clip(s)))
+                })
         })
         .collect()
 }
 
 pub fn range_sets(conf: &NetConf) -> Result<Vec<RangeSet>, CniError> {
-    conf.ipam()?
-        .range_sets()?
-        .iter()
-        .enumerate()
-        .map(|(i, s)| RangeSet::canonicalize(s, &format!("ipam.ranges[{i}]")))
-        .collect()
+    let sets = conf.ipam()?.range_sets()?;
+    let paths: Vec<String> = (0..sets.len())
+        .map(|i| format!("ipam.ranges[{i}]"))
+        .collect();
+    RangeSet::canonicalize_all(&sets, &paths)
 }
 
 /// Allocates one address per range set under the network's lock and
@@ -163,13 +165,27 @@ fn parse_resolv_conf(p: &Path) -> Result<Dns, CniError> {
     Ok(dns)
 }
 
-/// Finds an IPAM plugin on CNI_PATH.
+/// Finds an IPAM plugin on CNI_PATH, refusing weft-cni itself: it is no
+/// IPAM plugin, and running it as one would run this very configuration
+/// again, and again, a new process each time.
 fn find_plugin(env: &Env, name: &str) -> Result<PathBuf, CniError> {
-    if name.contains('/') {
+    let myself = || {
+        invalid_config_path(
+            "ipam.type",
+            format!(
+                "{} is weft-cni itself; use \"host-local\" (built in) or another IPAM plugin",
+                clip(name)
+            ),
+        )
+    };
+    if name.contains('/') || name == "." || name == ".." {
         return Err(invalid_config_path(
             "ipam.type",
-            format!("{name:?} must be a plain name"),
+            format!("{} must be a plain name", clip(name)),
         ));
+    }
+    if name == "weft-cni" {
+        return Err(myself());
     }
     let path = env.path.as_deref().ok_or_else(|| {
         CniError::new(
@@ -177,16 +193,39 @@ fn find_plugin(env: &Env, name: &str) -> Result<PathBuf, CniError> {
             "CNI_PATH: required to run the IPAM plugin",
         )
     })?;
-    path.split(':')
+    let bin = path
+        .split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| {
             invalid_config_path(
                 "ipam.type",
-                format!("plugin {name:?} not found in CNI_PATH {path}"),
+                format!("plugin {} not found in CNI_PATH {}", clip(name), clip(path)),
             )
-        })
+        })?;
+    if is_this_executable(&bin) {
+        return Err(myself());
+    }
+    Ok(bin)
+}
+
+/// Whether `bin` is this process's executable under another name: a
+/// symlink (same resolved path) or a hard link or bind mount (same inode).
+fn is_this_executable(bin: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::env::current_exe() else {
+        return false;
+    };
+    let same_path = match (std::fs::canonicalize(bin), std::fs::canonicalize(&me)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let same_inode = match (std::fs::metadata(bin), std::fs::metadata(&me)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    same_path || same_inode
 }
 
 /// Runs the delegated IPAM plugin with the same config and environment.
@@ -200,6 +239,10 @@ pub fn delegate(
     let bin = find_plugin(env, name)?;
     let mut cmd = Command::new(&bin);
     cmd.env("CNI_COMMAND", command)
+        .env(
+            crate::env::DEPTH_VAR,
+            (env.depth.saturating_add(1)).to_string(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -239,7 +282,7 @@ pub fn delegate(
         };
         return Err(CniError::new(
             code,
-            format!("ipam plugin {name} {command}: {msg}"),
+            format!("ipam plugin {} {command}: {msg}", clip(name)),
         ));
     }
     if command != "ADD" {
@@ -248,7 +291,7 @@ pub fn delegate(
     let v = v.ok_or_else(|| {
         CniError::new(
             Code::Decode,
-            format!("ipam plugin {name} returned no JSON result"),
+            format!("ipam plugin {} returned no JSON result", clip(name)),
         )
     })?;
     CniResult::from_json(&v).map(Some)

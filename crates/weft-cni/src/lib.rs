@@ -10,7 +10,12 @@ mod ipam;
 mod record;
 
 pub use env::Env;
+/// The first name ADD gives an attachment's host end (tests look for
+/// attachments whose names collide).
+pub use record::host_veth_name;
 
+use weft_core::cni::config::invalid_config_path;
+use weft_core::cni::error::clip;
 use weft_core::cni::{version, CniError, Code, NetConf, Version};
 
 /// What the process prints and how it exits.
@@ -56,10 +61,21 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Result<Option<String>, CniError> {
     if !matches!(command, "ADD" | "DEL" | "CHECK" | "GC" | "STATUS") {
         return Err(CniError::new(
             Code::InvalidEnv,
-            format!("CNI_COMMAND: {command:?} is not ADD, DEL, CHECK, GC, STATUS or VERSION"),
+            format!(
+                "CNI_COMMAND: {} is not ADD, DEL, CHECK, GC, STATUS or VERSION",
+                clip(command)
+            ),
         ));
     }
+    env.check_depth()?;
     let (conf, v) = NetConf::parse(stdin)?;
+    // Every verb below works in the network's IPAM directory, named after
+    // it: without a name or an IPAM section there is nothing to work on,
+    // and nothing may be created on disk.
+    if conf.name.is_empty() {
+        return Err(invalid_config_path("name", "missing"));
+    }
+    conf.ipam()?;
     match command {
         "ADD" => add::add(env, &conf, v, stdin).map(|r| Some(r.to_string())),
         "DEL" => del::del(env, &conf, stdin).map(|_| None),

@@ -43,6 +43,13 @@ impl Range {
     pub fn canonicalize(conf: &RangeConf, path: &str) -> Result<Range, CniError> {
         let subnet = conf.subnet.trunc();
         let v4 = subnet.addr().is_ipv4();
+        if subnet.prefix_len() == 0 {
+            // The whole address family: as a pod subnet it would make every
+            // destination on-link, and hand out addresses nobody owns.
+            return Err(invalid_config(format!(
+                "{path}.subnet: {subnet} is the whole address space, not a pod subnet"
+            )));
+        }
         if subnet.prefix_len() + 2 > subnet.max_prefix_len() {
             return Err(invalid_config(format!(
                 "{path}.subnet: network {subnet} is too small to allocate from"
@@ -84,6 +91,11 @@ impl Range {
             && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
     }
 
+    /// Whether the two ranges share an address (host-local's test).
+    pub fn overlaps(&self, o: &Range) -> bool {
+        self.contains(o.start) || self.contains(o.end) || o.contains(self.start)
+    }
+
     /// The address as it goes into a result: with the subnet's prefix.
     pub fn with_prefix(&self, ip: IpAddr) -> IpNet {
         IpNet::new(ip, self.subnet.prefix_len()).expect("prefix comes from a valid subnet")
@@ -105,7 +117,7 @@ impl RangeSet {
                 )));
             }
             for (j, o) in ranges.iter().enumerate().skip(i + 1) {
-                if r.contains(o.start) || r.contains(o.end) || o.contains(r.start) {
+                if r.overlaps(o) {
                     return Err(invalid_config(format!(
                         "{path}[{j}]: range overlaps {path}[{i}]"
                     )));
@@ -113,6 +125,32 @@ impl RangeSet {
             }
         }
         Ok(RangeSet(ranges))
+    }
+
+    /// Canonicalizes every range set (`paths[i]` names set `i` in errors)
+    /// and refuses two sets that share an address: a pod gets one address
+    /// per set, so overlapping sets would give it two of the same subnet,
+    /// as host-local also refuses.
+    pub fn canonicalize_all(
+        sets: &[Vec<RangeConf>],
+        paths: &[String],
+    ) -> Result<Vec<RangeSet>, CniError> {
+        let sets: Vec<RangeSet> = sets
+            .iter()
+            .zip(paths)
+            .map(|(s, p)| RangeSet::canonicalize(s, p))
+            .collect::<Result<_, _>>()?;
+        for (i, a) in sets.iter().enumerate() {
+            for (j, b) in sets.iter().enumerate().skip(i + 1) {
+                if a.0.iter().any(|r| b.0.iter().any(|o| r.overlaps(o))) {
+                    return Err(invalid_config(format!(
+                        "{}: range set overlaps {}",
+                        paths[j], paths[i]
+                    )));
+                }
+            }
+        }
+        Ok(sets)
     }
 
     pub fn range_for(&self, ip: IpAddr) -> Option<&Range> {
@@ -179,6 +217,10 @@ mod tests {
         let r6 = Range::canonicalize(&rc("fd00::/120"), "r").unwrap();
         assert_eq!(r6.end.to_string(), "fd00::ff");
         assert!(Range::canonicalize(&rc("10.0.0.0/31"), "r").is_err());
+        for whole in ["0.0.0.0/0", "::/0", "10.1.2.3/0"] {
+            let e = Range::canonicalize(&rc(whole), "ipam.ranges[0][0]").unwrap_err();
+            assert!(e.msg.starts_with("ipam.ranges[0][0].subnet: "), "{}", e.msg);
+        }
     }
 
     #[test]
@@ -213,5 +255,35 @@ mod tests {
     fn rejects_mixed_and_overlapping() {
         assert!(RangeSet::canonicalize(&[rc("10.0.0.0/24"), rc("fd00::/64")], "r").is_err());
         assert!(RangeSet::canonicalize(&[rc("10.0.0.0/24"), rc("10.0.0.0/25")], "r").is_err());
+    }
+
+    #[test]
+    fn rejects_overlapping_range_sets() {
+        let paths: Vec<String> = (0..3).map(|i| format!("ipam.ranges[{i}]")).collect();
+        let partial = RangeConf {
+            range_start: Some("10.0.0.100".parse().unwrap()),
+            ..rc("10.0.0.0/24")
+        };
+        let e = RangeSet::canonicalize_all(
+            &[
+                vec![rc("10.9.0.0/24")],
+                vec![rc("10.0.0.0/24")],
+                vec![partial],
+            ],
+            &paths,
+        )
+        .unwrap_err();
+        assert_eq!(e.msg, "ipam.ranges[2]: range set overlaps ipam.ranges[1]");
+        // Disjoint sets, and sets of both families, are fine.
+        let ok = RangeSet::canonicalize_all(
+            &[
+                vec![rc("10.0.0.0/25")],
+                vec![rc("10.0.0.128/25")],
+                vec![rc("fd00::/64")],
+            ],
+            &paths,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 3);
     }
 }

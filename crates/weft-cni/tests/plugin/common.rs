@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use weft_testkit::{run_plugin, unique, Netns, PluginRun};
 
-/// The plugin under test.
+/// The plugin under test: this build's, or the binary `WEFT_CNI_BIN`
+/// names (to run the suite against another build, say the one before a
+/// fix).
 pub fn weft() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weft-cni"))
+    std::env::var_os("WEFT_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_weft-cni")))
 }
 
 /// A reference plugin from Debian's containernetworking-plugins.

@@ -10,6 +10,8 @@ mod common;
 mod basic;
 mod chain;
 mod errors;
+mod fuzz;
+mod hardening;
 mod ipv6;
 mod options;
 mod reference;

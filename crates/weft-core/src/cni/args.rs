@@ -3,7 +3,7 @@
 //! Like the reference plugins, an unknown key is an error unless
 //! `IgnoreUnknown=1` (or `true`) is among the pairs.
 
-use super::error::{CniError, Code};
+use super::error::{clip, CniError, Code};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniArgs {
@@ -25,7 +25,7 @@ impl CniArgs {
                 p.split_once('=').ok_or_else(|| {
                     CniError::new(
                         Code::InvalidEnv,
-                        format!("CNI_ARGS: {p:?} is not KEY=VALUE"),
+                        format!("CNI_ARGS: {} is not KEY=VALUE", clip(p)),
                     )
                 })
             })
@@ -51,7 +51,10 @@ impl CniArgs {
                 _ => {
                     return Err(CniError::new(
                         Code::InvalidEnv,
-                        format!("CNI_ARGS: unknown key {k:?} (set IgnoreUnknown=1 to allow it)"),
+                        format!(
+                            "CNI_ARGS: unknown key {} (set IgnoreUnknown=1 to allow it)",
+                            clip(k)
+                        ),
                     ))
                 }
             }

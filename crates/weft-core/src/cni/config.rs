@@ -6,7 +6,7 @@
 //! requires of plugins.
 
 pub use super::error::invalid_config_path;
-use super::error::{invalid_config, CniError, Code};
+use super::error::{clip, invalid_config, CniError, Code};
 use super::result::Dns;
 use super::version::Version;
 use ipnet::IpNet;
@@ -18,6 +18,9 @@ use std::path::PathBuf;
 pub const DEFAULT_BRIDGE: &str = "cni0";
 /// Default IPAM state directory, as in host-local.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// The longest network name: the name is a directory under `dataDir`, and
+/// no file name may be longer (NAME_MAX).
+pub const MAX_NAME: usize = 255;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -207,6 +210,9 @@ impl NetConf {
     }
 
     fn validate(&self) -> Result<(), CniError> {
+        if !self.name.is_empty() {
+            validate_name(&self.name)?;
+        }
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(invalid_config(format!("mtu: {mtu} is outside 68..65535")));
@@ -228,7 +234,8 @@ impl NetConf {
         if let Some(b) = &self.bridge {
             if b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace) {
                 return Err(invalid_config(format!(
-                    "bridge: {b:?} is not a valid interface name (1-15 characters)"
+                    "bridge: {} is not a valid interface name (1-15 characters)",
+                    clip(b)
                 )));
             }
         }
@@ -236,8 +243,8 @@ impl NetConf {
             let p = pm.protocol.to_ascii_lowercase();
             if !matches!(p.as_str(), "tcp" | "udp" | "sctp") {
                 return Err(invalid_config(format!(
-                    "runtimeConfig.portMappings[{i}].protocol: {:?} is not tcp, udp or sctp",
-                    pm.protocol
+                    "runtimeConfig.portMappings[{i}].protocol: {} is not tcp, udp or sctp",
+                    clip(&pm.protocol)
                 )));
             }
             if pm.host_port == 0 || pm.container_port == 0 {
@@ -248,7 +255,8 @@ impl NetConf {
             if let Some(h) = &pm.host_ip {
                 if !h.is_empty() && h.parse::<IpAddr>().is_err() {
                     return Err(invalid_config(format!(
-                        "runtimeConfig.portMappings[{i}].hostIP: {h:?} is not an IP address"
+                        "runtimeConfig.portMappings[{i}].hostIP: {} is not an IP address",
+                        clip(h)
                     )));
                 }
             }
@@ -303,6 +311,37 @@ impl NetConf {
             .and_then(|i| i.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
     }
+}
+
+/// libcni's rule for network names, which its plugin skeleton (and so
+/// host-local) enforces: an ASCII letter or digit, then ASCII letters,
+/// digits, `_`, `.` or `-`. The name becomes a directory under `dataDir`,
+/// so the rule is also what keeps the IPAM store inside it: no `/`, no
+/// `..` component, no `\`, no control or non-ASCII characters.
+pub fn validate_name(name: &str) -> Result<(), CniError> {
+    let ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(invalid_config_path(
+            "name",
+            format!(
+                "{} must be ASCII letters, digits, '_', '.' or '-', starting with a letter or digit",
+                clip(name)
+            ),
+        ));
+    }
+    if name.len() > MAX_NAME {
+        return Err(invalid_config_path(
+            "name",
+            format!("{} is longer than {MAX_NAME} bytes", clip(name)),
+        ));
+    }
+    Ok(())
 }
 
 impl IpamConf {
@@ -376,6 +415,47 @@ mod tests {
         assert_eq!(
             NetConf::parse(br#"{"name":"x"}"#).unwrap_err().code,
             Code::InvalidConfig
+        );
+    }
+
+    #[test]
+    fn network_names_follow_libcni_and_stay_inside_data_dir() {
+        for good in ["weftnet", "k8s-pod-network", "a", "net_1.v2", "0", "a..b"] {
+            validate_name(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        let long = "n".repeat(MAX_NAME + 1);
+        for bad in [
+            "../../x",
+            "..",
+            ".",
+            "a/b",
+            "/abs",
+            "a\\b",
+            "-x",
+            "_x",
+            ".hidden",
+            "tab\there",
+            "nl\n",
+            "nul\0",
+            "del\x7f",
+            "café",
+            "名前",
+            "sp ace",
+            &long,
+        ] {
+            let e = validate_name(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{bad:?}");
+            assert!(e.msg.starts_with("name: "), "{}", e.msg);
+        }
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"{}"}}"#,
+            "x/".repeat(1 << 19)
+        );
+        let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+        assert!(
+            e.msg.starts_with("name: ") && e.msg.len() < 512,
+            "{}",
+            e.msg.len()
         );
     }
 }

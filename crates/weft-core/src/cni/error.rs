@@ -20,6 +20,10 @@ pub enum Code {
     LimitedConnectivity = 51,
     /// Plugin-specific failures (kernel refused an operation, and so on).
     Internal = 100,
+    /// Plugin-specific: the verb did all it could, but found state it could
+    /// not read and so left alone (GC keeping a torn reservation file, say).
+    /// Nothing failed; someone should look at what the message names.
+    Inconclusive = 101,
 }
 
 /// An error as the plugin reports it on stdout.
@@ -30,17 +34,55 @@ pub struct CniError {
     pub details: String,
 }
 
+/// The most of any one value (a name, an ID, an address as given) that an
+/// error message repeats. Errors are read by people and logged by runtimes:
+/// a 1 MB network name must not become a 1 MB log line.
+pub const MAX_FIELD: usize = 256;
+
+/// The most of a whole message or details text: a backstop for text we do
+/// not build ourselves (a decoder's message quoting the input, a delegated
+/// plugin's error).
+pub const MAX_MSG: usize = 2048;
+
+/// `s` quoted as `{:?}` would, cut to `MAX_FIELD` bytes with an ellipsis,
+/// for echoing a value from the configuration or environment into an error.
+pub fn clip(s: &str) -> String {
+    if s.len() <= MAX_FIELD {
+        return format!("{s:?}");
+    }
+    let cut = floor_char_boundary(s, MAX_FIELD);
+    let q = format!("{:?}", &s[..cut]);
+    format!("{}…\"", &q[..q.len() - 1])
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, marking the cut.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = floor_char_boundary(&s, max - '…'.len_utf8());
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
         Self {
             code,
-            msg: msg.into(),
+            msg: truncate(msg.into(), MAX_MSG),
             details: String::new(),
         }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
-        self.details = details.into();
+        self.details = truncate(details.into(), MAX_MSG);
         self
     }
 
@@ -100,5 +142,18 @@ mod tests {
         );
         let e = e.with_details("x");
         assert!(e.to_json("1.0.0").ends_with(r#""details":"x"}"#));
+    }
+
+    #[test]
+    fn echoed_values_and_messages_are_bounded() {
+        assert_eq!(clip("eth0"), "\"eth0\"");
+        let huge = "é".repeat(1 << 19); // 1 MiB, two bytes a character
+        let c = clip(&huge);
+        assert!(c.len() <= MAX_FIELD + 8, "{}", c.len());
+        assert!(c.starts_with("\"é") && c.ends_with("…\""), "{c}");
+        let e = CniError::new(Code::InvalidConfig, huge.clone()).with_details(huge);
+        assert!(e.msg.len() <= MAX_MSG && e.msg.ends_with('…'));
+        assert!(e.details.len() <= MAX_MSG && e.details.ends_with('…'));
+        assert!(e.to_json("1.1.0").len() < 2 * MAX_MSG + 100);
     }
 }

@@ -1,6 +1,6 @@
 //! CNI spec versions, and which verbs and result shapes each one has.
 
-use super::error::{CniError, Code};
+use super::error::{clip, CniError, Code};
 use std::fmt;
 
 /// The versions weft-cni accepts and can answer in, oldest first.
@@ -26,7 +26,7 @@ impl Version {
         if !SUPPORTED.contains(&s) {
             return Err(CniError::new(
                 Code::IncompatibleVersion,
-                format!("cniVersion {s:?} is not supported"),
+                format!("cniVersion {} is not supported", clip(s)),
             )
             .with_details(format!("supported versions: {}", SUPPORTED.join(", "))));
         }
