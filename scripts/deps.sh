@@ -7,7 +7,7 @@ PACKAGES=(
   iproute2 nftables iptables conntrack       # the kernel's network tools
   containernetworking-plugins                # the reference CNI plugins (side-by-side tests)
   containerd runc busybox-static             # a real runtime for the ctr test; busybox for pods
-  iputils-ping socat dnsutils iperf3         # traffic in tests
+  iputils-ping iputils-arping socat dnsutils iperf3  # traffic in tests (arping: ARP spoofing)
   util-linux procps psmisc                   # setsid, unshare, nsenter, pkill
   dnsmasq-base                               # the lab's stub upstream DNS server
   hyperfine dnsperf unbound                  # benchmarks (unbound: the DNS peer)

@@ -24,7 +24,11 @@ pub struct Metrics {
 }
 
 /// The tables whose named counters count drops.
-const DROP_TABLES: &[(&str, &str)] = &[("inet", weft_model::egress::TABLE)];
+const DROP_TABLES: &[(&str, &str)] = &[
+    ("inet", weft_model::egress::TABLE),
+    // weft-cni's: `spoofed`, the pods' anti-spoofing drops.
+    ("bridge", weft_core::nft::TABLE),
+];
 
 impl Metrics {
     pub fn render(&self) -> String {

@@ -556,6 +556,8 @@ pub fn conflist(cfg: &AgentConfig, pod_cidrs: &[IpNet], mtu: u32, gso: Option<u3
             "isDefaultGateway": true,
             "ipMasq": false,
             "hairpinMode": true,
+            // Every pod sends only from its own addresses (weft-cni).
+            "ipspoofchk": true,
             "mtu": mtu,
             "rps": cfg.rps,
             "capabilities": {"portMappings": true, "ips": true, "mac": true},

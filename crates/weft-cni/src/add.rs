@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_core::cni::config::invalid_config_path;
 use weft_core::cni::error::clip;
 use weft_core::cni::{CniError, CniResult, Code, Interface, NetConf, Route, Version};
-use weft_core::nft::{HostPort, MacSpoof, PodNat};
+use weft_core::nft::{HostPort, IpSpoof, MacSpoof, PodNat};
 use weft_kernel::ipam_store::IpamStore;
 use weft_kernel::net::{parse_mac, Net};
 use weft_kernel::netns::NetNs;
@@ -272,6 +272,7 @@ struct Done {
     /// The ifindex of the host end this ADD created.
     veth: Option<u32>,
     nat: Option<PodNat>,
+    guard: Option<IpSpoof>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,6 +288,9 @@ fn rollback(
 ) {
     if let Some(nat) = &done.nat {
         crate::del::remove_nat(nat);
+    }
+    if let Some(g) = &done.guard {
+        let _ = crate::guard::remove(g);
     }
     if let Some(index) = done.veth {
         let _ = host.del_link(index);
@@ -332,16 +336,25 @@ fn record_json(
         netns: netns.to_string(),
         host_veth: host_veth.to_string(),
         ips: a.ips.iter().map(|i| i.address).collect(),
-        nat: nat_plan(conf, a, spoof),
+        nat: nat_plan(conf, a, spoof, host_veth),
     };
     serde_json::to_string(&record).unwrap_or_default()
 }
 
 /// The NAT elements this attachment needs: its addresses for ipMasq, and
 /// each hostPort for every address of the matching family.
-pub fn nat_plan(conf: &NetConf, a: &Allocation, spoof: Option<MacSpoof>) -> PodNat {
+pub fn nat_plan(
+    conf: &NetConf,
+    a: &Allocation,
+    spoof: Option<MacSpoof>,
+    host_veth: &str,
+) -> PodNat {
     let mut nat = PodNat {
         macspoof: spoof,
+        ipspoof: (conf.ipspoofchk && !host_veth.is_empty()).then(|| IpSpoof {
+            iface: host_veth.to_string(),
+            ips: a.ips.iter().map(|i| i.address.addr()).collect(),
+        }),
         ..Default::default()
     };
     if conf.ip_masq {
@@ -513,7 +526,12 @@ fn setup(
         ensure_gateway(host, bridge.index, conf, alloc)?;
     }
 
-    let nat = nat_plan(conf, alloc, spoof);
+    let nat = nat_plan(conf, alloc, spoof, &host_veth);
+    // Before the pod's process runs: it is never without the check.
+    if let Some(g) = &nat.ipspoof {
+        crate::guard::apply(g).map_err(k("ipspoofchk"))?;
+        done.guard = Some(g.clone());
+    }
     // ipMasq is per network: once its subnets are in place (the bridge's
     // alias says so, and goes with the bridge on reboot or netns removal),
     // a pod with nothing of its own needs no nftables work at all.

@@ -138,6 +138,7 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
             ..Default::default()
         },
         None,
+        "",
     )
 }
 
@@ -148,6 +149,11 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
     if record.nat.per_pod() {
         remove_nat(&record.nat);
+    }
+    if let Some(g) = &record.nat.ipspoof {
+        if let Err(e) = crate::guard::remove(g) {
+            errors.push(format!("ipspoofchk elements of {}: {e}", g.iface));
+        }
     }
     // Deleting the host end removes the pair, wherever the peer is; if the
     // netns is gone the kernel has already removed both, and the name may

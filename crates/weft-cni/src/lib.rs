@@ -6,6 +6,7 @@ mod check;
 mod del;
 mod env;
 mod gc;
+mod guard;
 mod ipam;
 mod record;
 

@@ -39,7 +39,30 @@ pub struct PodNat {
     /// carry the container's MAC.
     #[serde(default)]
     pub macspoof: Option<MacSpoof>,
+    /// `ipspoofchk`: packets entering the bridge from this host veth must
+    /// carry the pod's own addresses. Written over netlink by the plugin
+    /// (`weft_kernel::nft_elements`), not through `nft`, so it is not part
+    /// of `per_pod` or of the element scripts.
+    #[serde(default)]
+    pub ipspoof: Option<IpSpoof>,
 }
+
+/// The anti-spoofing elements of one pod: its host veth, and the
+/// addresses it may send from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpSpoof {
+    pub iface: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// The set of host veths whose frames are checked (`type ifname`).
+pub const IPGUARD_PORTS: &str = "ipguard";
+/// The sources each checked port may use (`type ifname . ipv4_addr`).
+pub const IPGUARD_SRC4: &str = "ipsrc4";
+/// The same for IPv6 (`type ifname . ipv6_addr`).
+pub const IPGUARD_SRC6: &str = "ipsrc6";
+/// The named counter of the frames the check dropped.
+pub const IPGUARD_DROPS: &str = "spoofed";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacSpoof {
@@ -140,6 +163,42 @@ pub fn skeleton() -> String {
         s,
         "add rule bridge {t} prerouting iifname @spoofchk iifname . ether saddr != @macs drop"
     );
+    // ipspoofchk: a pod may send only from its own addresses, whatever it
+    // does inside its namespace (a second address, a raw socket). Checked
+    // where its frames enter the bridge, so it holds for same-node
+    // traffic, which is switched and never routed (no rp_filter applies).
+    // ARP's sender address is checked too (0.0.0.0 is a duplicate-address
+    // probe), so a pod cannot claim a neighbour's address either. IPv6
+    // link-local and unspecified sources pass: they never leave the link
+    // and carry neighbour discovery. Everything else from a checked port
+    // (VLAN tags, other ethertypes) is dropped: a pod needs none of it.
+    let (ports, src4, src6, drops) = (IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, IPGUARD_DROPS);
+    let _ = writeln!(s, "add set bridge {t} {ports} {{ type ifname; }}");
+    let _ = writeln!(
+        s,
+        "add set bridge {t} {src4} {{ type ifname . ipv4_addr; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add set bridge {t} {src6} {{ type ifname . ipv6_addr; }}"
+    );
+    let _ = writeln!(s, "add counter bridge {t} {drops}");
+    let _ = writeln!(s, "add chain bridge {t} ipguard");
+    let _ = writeln!(s, "flush chain bridge {t} ipguard");
+    let _ = writeln!(
+        s,
+        "add rule bridge {t} prerouting iifname @{ports} jump ipguard"
+    );
+    for rule in [
+        format!("ether type ip iifname . ip saddr @{src4} return"),
+        format!("ether type arp iifname . arp saddr ip @{src4} return"),
+        "ether type arp arp saddr ip 0.0.0.0 return".to_string(),
+        format!("ether type ip6 iifname . ip6 saddr @{src6} return"),
+        "ether type ip6 ip6 saddr { ::, fe80::/10 } return".to_string(),
+        format!("counter name {drops} drop"),
+    ] {
+        let _ = writeln!(s, "add rule bridge {t} ipguard {rule}");
+    }
     s
 }
 
@@ -219,6 +278,21 @@ pub fn del_elements(p: &PodNat) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_skeleton_checks_pod_sources_in_the_bridge() {
+        let s = skeleton();
+        for want in [
+            "add set bridge weft-cni ipsrc4 { type ifname . ipv4_addr; }",
+            "add rule bridge weft-cni prerouting iifname @ipguard jump ipguard",
+            "add rule bridge weft-cni ipguard ether type arp iifname . arp saddr ip @ipsrc4 return",
+            "add rule bridge weft-cni ipguard counter name spoofed drop",
+        ] {
+            assert!(s.contains(want), "{want}");
+        }
+        // The drop is the chain's last rule: everything allowed returns first.
+        assert!(s.trim_end().ends_with("counter name spoofed drop"));
+    }
+
     fn pod() -> PodNat {
         PodNat {
             nets: vec!["10.1.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
@@ -230,6 +304,7 @@ mod tests {
                 container_port: 80,
             }],
             macspoof: None,
+            ipspoof: None,
         }
     }
 

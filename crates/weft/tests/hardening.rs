@@ -185,6 +185,27 @@ fn inject(lab: &Lab, from: &str, node_ip: &str, pod: &str, frame: &[u8]) -> Stri
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Listens on UDP `port` in `pod` while `send` runs; returns what came.
+fn receive_udp(lab: &Lab, pod: &str, port: u16, send: impl FnOnce()) -> String {
+    let listener = Command::new(common::WEFT)
+        .args(["lab", "exec", "--name", &lab.0, pod, "--"])
+        .args([
+            "timeout",
+            "2",
+            "socat",
+            "-u",
+            &format!("UDP-RECV:{port}"),
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listener");
+    std::thread::sleep(Duration::from_millis(400));
+    send();
+    let out = listener.wait_with_output().expect("listener");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn attacks_on_the_agent_fail() {
     let (lab, files) = lab2();
@@ -257,6 +278,75 @@ fn attacks_on_the_agent_fail() {
         .unwrap_or_else(|| panic!("no vxlan drop counter:\n{m}"));
     assert!(dropped >= 6, "{m}");
     let _ = node2;
+
+    // 2. A pod sends only from its own address: a second address inside
+    // its namespace (as a raw socket would) gets it nowhere, on its node
+    // or across nodes; its real address still works. ARP claiming another
+    // address is dropped too.
+    lab.sh(
+        "default/near",
+        "ip addr add 10.244.1.200/32 dev eth0 && ip addr add 8.8.8.8/32 dev eth0",
+    );
+    for to in ["default/far", "default/srv"] {
+        let ip = lab.ip_of(to);
+        for (src, tag) in [
+            (None, "REAL"),
+            (Some("10.244.1.200"), "SPOOF-CLUSTER"),
+            (Some("8.8.8.8"), "SPOOF-OUTSIDE"),
+        ] {
+            let got = receive_udp(&lab, to, 6000, || {
+                let bind = src.map(|s| format!(",bind={s}")).unwrap_or_default();
+                lab.exec(
+                    "default/near",
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("echo {tag} | socat -u - UDP:{ip}:6000{bind}"),
+                    ],
+                );
+            });
+            if src.is_none() {
+                assert!(
+                    got.contains(tag),
+                    "{to} did not get the real address: {got:?}"
+                );
+            } else {
+                assert!(!got.contains(tag), "{to} got a packet from {src:?}");
+            }
+        }
+    }
+    // Gratuitous ARP for an address that is not the pod's.
+    lab.exec(
+        "default/near",
+        &[
+            "arping",
+            "-U",
+            "-c",
+            "2",
+            "-I",
+            "eth0",
+            "-s",
+            "10.244.1.200",
+            "10.244.1.1",
+        ],
+    );
+    let neigh = lab.sh("node/node-1", "ip neigh show 10.244.1.200");
+    assert!(
+        !neigh.contains("lladdr"),
+        "a pod's ARP claim was taken: {neigh}"
+    );
+    let m = metrics(&lab, "node-1");
+    let spoofed: u64 = m
+        .lines()
+        .find(|l| l.starts_with("weft_agent_dropped_packets_total{reason=\"spoofed\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no spoofing drop counter:\n{m}"));
+    assert!(spoofed >= 6, "{m}");
+    lab.sh(
+        "default/near",
+        "ip addr del 10.244.1.200/32 dev eth0 && ip addr del 8.8.8.8/32 dev eth0",
+    );
 
     // 4. UDP replies of every size, from a backend on the client's node and
     // on another, through the ClusterIP and to the pod IP.

@@ -61,6 +61,10 @@ pub struct NetConf {
     pub vlan: Option<u16>,
     #[serde(default)]
     pub macspoofchk: bool,
+    /// weft's own: packets from the pod must carry its addresses
+    /// (`weft_core::nft::IpSpoof`). The agent's conflist turns it on.
+    #[serde(default)]
+    pub ipspoofchk: bool,
     #[serde(default)]
     pub enabledad: bool,
     #[serde(default)]

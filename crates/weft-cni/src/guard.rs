@@ -1,0 +1,56 @@
+//! `ipspoofchk`: a pod's host veth lets in only the pod's own addresses
+//! (the rules are in `weft_core::nft::skeleton`). The elements are
+//! written in-process over netlink, one transaction, since every pod has
+//! them and an `nft` exec would cost each ADD ~2 ms.
+
+use weft_core::nft::{IpSpoof, IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE};
+use weft_kernel::nft_elements::{self, Family, Key, Op, SetElements};
+use weft_kernel::{nft, KernelError};
+
+const ENOENT: i32 = 2;
+
+fn sets(g: &IpSpoof) -> [SetElements; 3] {
+    let pairs = |v4: bool| {
+        g.ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(|ip| Key::new().ifname(&g.iface).ip(*ip).build())
+            .collect()
+    };
+    [
+        SetElements {
+            set: IPGUARD_PORTS.into(),
+            keys: vec![Key::new().ifname(&g.iface).build()],
+        },
+        SetElements {
+            set: IPGUARD_SRC4.into(),
+            keys: pairs(true),
+        },
+        SetElements {
+            set: IPGUARD_SRC6.into(),
+            keys: pairs(false),
+        },
+    ]
+}
+
+/// Puts the pod's port under the check with its addresses. The first pod
+/// on a node (or the first after an upgrade that added the sets) finds
+/// them missing and lays the skeleton first.
+pub fn apply(g: &IpSpoof) -> Result<(), KernelError> {
+    match nft_elements::apply(Family::Bridge, TABLE, Op::Add, &sets(g)) {
+        Err(e) if e.errno() == Some(ENOENT) => {
+            nft::apply(&weft_core::nft::skeleton())?;
+            nft_elements::apply(Family::Bridge, TABLE, Op::Add, &sets(g))
+        }
+        r => r,
+    }
+}
+
+/// Takes the pod's elements out; ones already gone, or a table that is
+/// not there, are not an error (DEL is idempotent).
+pub fn remove(g: &IpSpoof) -> Result<(), KernelError> {
+    match nft_elements::apply(Family::Bridge, TABLE, Op::Remove, &sets(g)) {
+        Err(e) if e.errno() == Some(ENOENT) => Ok(()),
+        r => r,
+    }
+}
