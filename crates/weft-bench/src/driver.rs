@@ -51,7 +51,7 @@ impl Method {
                 .unwrap_or_default()
         };
         match s {
-            Subject::Weft { .. } => Method::Plugin {
+            Subject::Weft { .. } | Subject::WeftSpoofChk => Method::Plugin {
                 binary: weft.to_path_buf(),
                 cni_path: format!("{}:{}", dir(weft), reference_dir.display()),
                 config,

@@ -110,7 +110,11 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<Vec<Row>> {
             s,
             Subject::Weft { masq: true } | Subject::Reference { masq: true }
         );
-        let config = subject::plugin_config(masq, &lab.data_dir(tag)?);
+        let config = if s == Subject::WeftSpoofChk {
+            subject::spoofchk_config(&lab.data_dir(tag)?)
+        } else {
+            subject::plugin_config(masq, &lab.data_dir(tag)?)
+        };
         let b = Bench {
             subject: s,
             node: NetNs::open(&lab.node_ns(node_i).path())?,

@@ -12,6 +12,9 @@ pub enum Subject {
     Weft { masq: bool },
     /// The reference `bridge` plugin, delegating to `host-local`.
     Reference { masq: bool },
+    /// weft-cni without ipMasq and with `ipspoofchk` (what the agent's
+    /// conflist asks for): what anti-spoofing costs an ADD and a DEL.
+    WeftSpoofChk,
     /// `ip link add <veth> type veth peer name eth0 netns <pod>` and
     /// `ip link del <veth>`, one exec each: the floor for any exec'd plugin.
     FloorIp,
@@ -22,19 +25,21 @@ pub enum Subject {
 
 impl Subject {
     /// Every subject, in the order they are run and reported.
-    pub const ALL: [Subject; 6] = [
+    pub const ALL: [Subject; 7] = [
         Subject::FloorNetlink,
         Subject::FloorIp,
         Subject::Reference { masq: true },
         Subject::Weft { masq: true },
         Subject::Reference { masq: false },
         Subject::Weft { masq: false },
+        Subject::WeftSpoofChk,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
             Subject::Weft { masq: true } => "weft-cni, ipMasq",
             Subject::Weft { masq: false } => "weft-cni, no ipMasq",
+            Subject::WeftSpoofChk => "weft-cni, no ipMasq, ipspoofchk",
             Subject::Reference { masq: true } => "reference bridge+host-local, ipMasq",
             Subject::Reference { masq: false } => "reference bridge+host-local, no ipMasq",
             Subject::FloorIp => "kernel floor: `ip link` veth (exec)",
@@ -47,6 +52,7 @@ impl Subject {
         match self {
             Subject::Weft { masq: true } => "wm",
             Subject::Weft { masq: false } => "wn",
+            Subject::WeftSpoofChk => "wg",
             Subject::Reference { masq: true } => "rm",
             Subject::Reference { masq: false } => "rn",
             Subject::FloorIp => "fi",
@@ -55,13 +61,17 @@ impl Subject {
     }
 
     pub fn is_plugin(self) -> bool {
-        matches!(self, Subject::Weft { .. } | Subject::Reference { .. })
+        matches!(
+            self,
+            Subject::Weft { .. } | Subject::Reference { .. } | Subject::WeftSpoofChk
+        )
     }
 
     /// The reference counterpart of a weft configuration.
     pub fn reference(self) -> Option<Subject> {
         match self {
             Subject::Weft { masq } => Some(Subject::Reference { masq }),
+            Subject::WeftSpoofChk => Some(Subject::Reference { masq: false }),
             _ => None,
         }
     }
@@ -76,6 +86,17 @@ pub const SUBNET: &str = "10.88.0.0/16";
 /// a conflist, with `name` and `cniVersion` filled in). weft and the
 /// reference get byte-identical configurations: weft is a drop-in `bridge`.
 pub fn plugin_config(masq: bool, data_dir: &Path) -> String {
+    config_value(masq, data_dir).to_string()
+}
+
+/// weft's configuration with `ipspoofchk` (a key only weft-cni reads).
+pub fn spoofchk_config(data_dir: &Path) -> String {
+    let mut v = config_value(false, data_dir);
+    v["ipspoofchk"] = true.into();
+    v.to_string()
+}
+
+fn config_value(masq: bool, data_dir: &Path) -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "weft-bench",
@@ -89,7 +110,6 @@ pub fn plugin_config(masq: bool, data_dir: &Path) -> String {
             "dataDir": data_dir,
         }
     })
-    .to_string()
 }
 
 #[cfg(test)]

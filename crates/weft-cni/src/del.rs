@@ -147,13 +147,25 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 /// written) has its host end looked for under every name ADD may have
 /// given it.
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
-    if record.nat.per_pod() {
-        remove_nat(&record.nat);
-    }
-    if let Some(g) = &record.nat.ipspoof {
-        if let Err(e) = crate::guard::remove(g) {
+    // Removing elements waits for an RCU grace period (~10 ms here), and
+    // so does deleting the veth: side by side the two waits overlap,
+    // where one after the other they would add up.
+    std::thread::scope(|s| {
+        let guard = record
+            .nat
+            .ipspoof
+            .as_ref()
+            .map(|g| s.spawn(move || crate::guard::remove(g).map_err(|e| (g, e))));
+        teardown_links(record, errors);
+        if let Some(Ok(Err((g, e)))) = guard.map(|h| h.join()) {
             errors.push(format!("ipspoofchk elements of {}: {e}", g.iface));
         }
+    });
+}
+
+fn teardown_links(record: &Record, errors: &mut Vec<String>) {
+    if record.nat.per_pod() {
+        remove_nat(&record.nat);
     }
     // Deleting the host end removes the pair, wherever the peer is; if the
     // netns is gone the kernel has already removed both, and the name may

@@ -31,6 +31,8 @@ struct Opts {
     runs: usize,
     sizes: Vec<usize>,
     joins: usize,
+    /// Only the A/B of issue 17's checks (`security_ab`).
+    security: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Opts, String> {
         runs: 7,
         sizes: vec![3, 10, 50],
         joins: 3,
+        security: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Opts, String> {
                     .map(|s| s.parse().map_err(|_| "--sizes: numbers, comma-separated"))
                     .collect::<Result<_, _>>()?
             }
+            "--security" => o.security = true,
             "--quick" => {
                 o.seconds = 1;
                 o.runs = 1;
@@ -65,7 +69,7 @@ fn parse_args() -> Result<Opts, String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "weft-bench-cluster [--quick] [--seconds S] [--runs N (0: no throughput)] [--sizes 3,10,50 (empty: no convergence)] [--joins N] [--weft PATH]"
+                    "weft-bench-cluster [--quick] [--seconds S] [--runs N (0: no throughput)] [--sizes 3,10,50 (empty: no convergence)] [--joins N] [--weft PATH] [--security (only: the A/B of anti-spoofing and the VXLAN source check)]"
                 );
                 std::process::exit(0);
             }
@@ -487,6 +491,115 @@ fn throughput(o: &Opts) -> Result<Vec<(String, f64, Option<usize>)>, String> {
         .collect())
 }
 
+/// Runs `nft` in a lab namespace.
+fn nft_in(ns: &str, script: &str) -> Result<String, String> {
+    run(Command::new("ip").args(["netns", "exec", ns, "nft", script]))
+}
+
+/// Turns issue 17's per-packet checks on or off in a vxlan lab's nodes:
+/// the pod anti-spoofing jump (weft-cni's bridge table) and the VXLAN
+/// source check (the agent's egress table). Off, the sets stay and only
+/// the rules go, so what is measured is exactly the rules' cost.
+fn security(lab: &Lab, on: bool) -> Result<(), String> {
+    for node in ["node-1", "node-2"] {
+        let ns = lab.netns(node);
+        let guard = "bridge weft-cni prerouting iifname @ipguard jump ipguard";
+        let vx = "inet weft notrack-pre udp dport 8472 ip saddr != @nodes4 fib daddr type local counter name vxlan_foreign drop";
+        if on {
+            nft_in(&ns, &format!("add rule {guard}"))?;
+            nft_in(&ns, &format!("insert rule {vx}"))?;
+        } else {
+            for (family, table, chain, mark) in [
+                ("bridge", "weft-cni", "prerouting", "jump ipguard"),
+                ("inet", "weft", "notrack-pre", "vxlan_foreign"),
+            ] {
+                let listed = nft_in(&ns, &format!("-a list chain {family} {table} {chain}"))?;
+                for l in listed.lines().filter(|l| l.contains(mark)) {
+                    if let Some(h) = l
+                        .rsplit("# handle ")
+                        .next()
+                        .filter(|h| h.trim().parse::<u64>().is_ok())
+                    {
+                        nft_in(
+                            &ns,
+                            &format!("delete rule {family} {table} {chain} handle {}", h.trim()),
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the checks cost, in one vxlan lab: each path measured with them
+/// on and off, taking turns run by run.
+fn security_ab(o: &Opts) -> Result<(), String> {
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
+    let f = std::env::temp_dir().join(format!("wbc-sec-{}.yaml", std::process::id()));
+    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
+    let vx = Lab::up(
+        &o.weft,
+        "wbc-sec",
+        &[
+            "--nodes",
+            "2",
+            "--backend",
+            "vxlan",
+            "-f",
+            f.to_str().unwrap_or_default(),
+        ],
+    )?;
+    let _ = std::fs::remove_file(&f);
+    let cases = [
+        ("pod→pod, same node (vxlan lab)", "default.a2", "default/a2"),
+        ("pod→pod, cross-node vxlan", "default.b1", "default/b1"),
+    ];
+    let mut on_s = vec![Vec::new(); cases.len()];
+    let mut off_s = vec![Vec::new(); cases.len()];
+    for r in 0..o.runs {
+        // Alternate which state goes first, so neither always follows the
+        // other's load.
+        for state in if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            security(&vx, state)?;
+            for (i, (label, sns, spod)) in cases.iter().enumerate() {
+                let g = iperf(
+                    &vx.netns(sns),
+                    &vx.pod_ip(spod)?,
+                    &vx.netns("default.a1"),
+                    o.seconds,
+                )?;
+                eprintln!(
+                    "run {}: {label}, checks {}: {g:.2} Gbit/s",
+                    r + 1,
+                    if state { "on" } else { "off" }
+                );
+                if state {
+                    on_s[i].push(g)
+                } else {
+                    off_s[i].push(g)
+                }
+            }
+        }
+    }
+    security(&vx, true)?;
+    println!(
+        "### Cost of anti-spoofing and the VXLAN source check (iperf3, TCP, {} s × {} runs each, median)\n",
+        o.seconds, o.runs
+    );
+    println!("| path | checks on Gbit/s | checks off Gbit/s | on / off |");
+    println!("|---|---:|---:|---:|");
+    for (i, (label, ..)) in cases.iter().enumerate() {
+        let (a, b) = (median(&on_s[i]), median(&off_s[i]));
+        println!("| {label} | {a:.2} | {b:.2} | {:.3} |", a / b);
+    }
+    Ok(())
+}
+
 /// Parses the RFC 3339 UTC timestamp that starts a tracing log line.
 fn log_time(line: &str) -> Option<f64> {
     let t = line.split_whitespace().next()?;
@@ -610,6 +723,9 @@ fn main() {
         }
     };
     let r = (|| -> Result<(), String> {
+        if o.security {
+            return security_ab(&o);
+        }
         // `--runs 0`: convergence only.
         if o.runs > 0 {
             let tp = throughput(&o)?;

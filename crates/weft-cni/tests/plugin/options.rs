@@ -31,6 +31,47 @@ fn macspoofchk_drops_frames_with_a_forged_source_mac() {
     node.del(&b, &conf);
 }
 
+/// Issue 17: with `ipspoofchk` a pod sends only from its own address; a
+/// second address inside its namespace (what a raw socket amounts to) and
+/// an ARP claim get nowhere, and DEL takes its elements out.
+#[test]
+fn ipspoofchk_drops_packets_from_addresses_that_are_not_the_pods() {
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+    conf["ipspoofchk"] = json!(true);
+    let (a, b) = (Pod::new(), Pod::new());
+    let ra = node.add(&a, &conf);
+    let rb = node.add(&b, &conf);
+    let (ipa, ipb) = (&result_ips(&ra)[0], &result_ips(&rb)[0]);
+    a.ping(ipb);
+    let elems = node.ns.ok("nft list set bridge weft-cni ipsrc4");
+    assert!(
+        elems.contains(ipa.as_str()) && elems.contains(ipb.as_str()),
+        "{elems}"
+    );
+
+    // The same pod, from an address it does not own.
+    a.ns.ok("ip addr add 10.1.0.200/32 dev eth0");
+    let o = a.ns.sh(&format!("ping -c1 -W1 -I 10.1.0.200 {ipb}"));
+    assert!(!o.status.success(), "a forged source address got through");
+    a.ns.ok(&format!("ping -c1 -W2 -I {ipa} {ipb}"));
+    let dropped = node.ns.ok("nft list counter bridge weft-cni spoofed");
+    assert!(!dropped.contains("packets 0 "), "{dropped}");
+    a.ns.ok("ip addr del 10.1.0.200/32 dev eth0");
+
+    // DEL removes the pod's elements; the other pod's stay.
+    node.del(&a, &conf);
+    let elems = node.ns.ok("nft list table bridge weft-cni");
+    assert!(
+        !elems.contains(&format!("{ipa} ")) && !elems.contains(&format!("{ipa}\n")),
+        "{elems}"
+    );
+    assert!(elems.contains(ipb.as_str()), "{elems}");
+    node.del(&b, &conf);
+    // A second DEL is not an error.
+    node.del(&b, &conf);
+}
+
 #[test]
 fn mtu_applies_to_the_pod() {
     let node = Node::new();
