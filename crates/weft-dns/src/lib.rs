@@ -7,9 +7,9 @@
 //!  weft-model::dns::compile ──▶ Zone ──▶ ZoneCell (swapped whole)
 //!                                           │
 //!  UDP workers (threads, SO_REUSEPORT) ─────┤ answer.rs: bytes → bytes
-//!  TCP (tokio) ─────────────────────────────┘
-//!     │ names outside the zone
-//!     ▼
+//!  TCP (tokio) ─────────────────────────────┘   (clients.rs before it: allowed
+//!     │ names outside the zone                   sources only; rrl.rs after it
+//!     ▼                                          on UDP: send, slip or drop)
 //!  forward.rs (health-checked upstreams, concurrency limit) + cache.rs
 //! ```
 
