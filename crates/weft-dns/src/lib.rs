@@ -7,17 +7,21 @@
 //!  weft-model::dns::compile ──▶ Zone ──▶ ZoneCell (swapped whole)
 //!                                           │
 //!  UDP workers (threads, SO_REUSEPORT) ─────┤ answer.rs: bytes → bytes
-//!  TCP (tokio) ─────────────────────────────┘
-//!     │ names outside the zone
-//!     ▼
+//!  TCP (tokio) ─────────────────────────────┘   (clients.rs before it: allowed
+//!     │ names outside the zone                   sources only; rrl.rs after it
+//!     ▼                                          on UDP: send, slip or drop)
 //!  forward.rs (health-checked upstreams, concurrency limit) + cache.rs
 //! ```
 
 pub mod answer;
 pub mod cache;
+pub mod clients;
 pub mod forward;
 pub mod metrics;
+pub mod rrl;
 pub mod server;
+
+pub use clients::parse_cidr;
 
 use metrics::Metrics;
 use server::ZoneCell;
@@ -60,6 +64,10 @@ pub struct DnsConfig {
     pub cache_max_neg_ttl: u32,
     pub max_concurrent: usize,
     pub upstream_timeout: Duration,
+    /// Sources answered at all (`clients::default_allow` when not given).
+    pub allow_clients: Vec<ipnet::IpNet>,
+    /// Response-rate limiting of UDP answers; None turns it off.
+    pub rrl: Option<rrl::RrlConfig>,
 }
 
 impl DnsConfig {
@@ -115,6 +123,14 @@ impl DnsConfig {
             return Err(DnsError::Config(
                 "--upstream-timeout-ms must be at least 10".into(),
             ));
+        }
+        if self.allow_clients.is_empty() {
+            return Err(DnsError::Config(
+                "--allow-clients: at least one range (0.0.0.0/0,::/0 answers everyone)".into(),
+            ));
+        }
+        if let Some(r) = &self.rrl {
+            r.validate()?;
         }
         Ok(self)
     }
@@ -189,6 +205,10 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
     let cfg = cfg.validate()?;
     let metrics = Arc::new(Metrics::default());
     let cell = Arc::new(ZoneCell::default());
+    let policy = Arc::new(server::Policy {
+        allow: cfg.allow_clients.clone(),
+        rrl: cfg.rrl.clone(),
+    });
     let zone_cfg = ZoneConfig {
         zone: cfg.zone.clone(),
         ttl: cfg.ttl,
@@ -245,6 +265,7 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
             cell.clone(),
             metrics.clone(),
             tx.clone(),
+            policy.clone(),
         )
         .map_err(|e| DnsError::Io(format!("listen udp {addr}: {e}")))?;
     }
@@ -255,11 +276,17 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
             cell.clone(),
             forwarder.clone(),
             metrics.clone(),
+            policy.clone(),
         ));
     }
     match &forwarder {
         Some(f) => {
-            rt.spawn(server::udp_forwarder(rx, f.clone(), metrics.clone()));
+            rt.spawn(server::udp_forwarder(
+                rx,
+                f.clone(),
+                metrics.clone(),
+                policy.clone(),
+            ));
         }
         None => drop(rx),
     }
@@ -297,7 +324,25 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
             ));
         }
     }
-    tracing::info!(zone = %cfg.zone, listen = ?cfg.listen, "weft dns started");
+    match &cfg.rrl {
+        Some(r) => tracing::info!(
+            rate = r.rate,
+            burst = r.burst,
+            slip = r.slip,
+            factor = r.factor,
+            all = r.all,
+            prefix_v4 = r.prefix_v4,
+            prefix_v6 = r.prefix_v6,
+            "response-rate limiting on"
+        ),
+        None => tracing::info!("response-rate limiting off"),
+    }
+    tracing::info!(
+        zone = %cfg.zone,
+        listen = ?cfg.listen,
+        allow_clients = ?cfg.allow_clients,
+        "weft dns started"
+    );
     compile_loop(&latest, &zone_cfg, cfg.forward, &cell, &metrics);
     Ok(())
 }

@@ -36,6 +36,13 @@ pub struct Metrics {
     pub zone_syncs: AtomicU64,
     pub last_sync_micros: AtomicU64,
     pub ready: AtomicU64,
+    /// Queries from sources outside `--allow-clients`, dropped (UDP) or
+    /// whose connection was closed (TCP).
+    pub refused_clients_udp: AtomicU64,
+    pub refused_clients_tcp: AtomicU64,
+    /// UDP responses the rate limiter dropped, or sent truncated instead.
+    pub rrl_dropped: AtomicU64,
+    pub rrl_slipped: AtomicU64,
 }
 
 impl Metrics {
@@ -162,6 +169,18 @@ impl Metrics {
             "weft_dns_zone_sync_micros",
             "Duration of the last zone compilation.",
             self.last_sync_micros.load(Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP weft_dns_refused_clients_total Queries from sources outside --allow-clients, not answered.\n# TYPE weft_dns_refused_clients_total counter\nweft_dns_refused_clients_total{{proto=\"udp\"}} {}\nweft_dns_refused_clients_total{{proto=\"tcp\"}} {}",
+            self.refused_clients_udp.load(Relaxed),
+            self.refused_clients_tcp.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP weft_dns_rrl_limited_total UDP responses over the rate limit: dropped, or sent truncated (slipped).\n# TYPE weft_dns_rrl_limited_total counter\nweft_dns_rrl_limited_total{{action=\"dropped\"}} {}\nweft_dns_rrl_limited_total{{action=\"slipped\"}} {}",
+            self.rrl_dropped.load(Relaxed),
+            self.rrl_slipped.load(Relaxed)
         );
         gauge(
             &mut s,

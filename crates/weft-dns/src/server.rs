@@ -4,12 +4,15 @@
 //! TCP and everything forwarded run on tokio.
 
 use crate::answer::{Answers, ForwardRequest, Outcome, Transport};
+use crate::clients;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
+use crate::rrl::{self, Limiter, RrlConfig, Verdict};
+use ipnet::IpNet;
 use nix::sys::socket::SockaddrStorage;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -63,12 +66,53 @@ impl<'a> Local<'a> {
     }
 }
 
+/// Who is answered, and how fast; the same for every listener.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Sources answered at all (`clients`).
+    pub allow: Vec<IpNet>,
+    /// Response-rate limiting of UDP answers (`rrl`), when on.
+    pub rrl: Option<RrlConfig>,
+}
+
+/// What the rate limiter let through, counted; false for nothing to send.
+fn limit(
+    limiter: Option<&mut Limiter>,
+    peer: SocketAddr,
+    query_len: usize,
+    reply: &mut Vec<u8>,
+    now_us: u64,
+    metrics: &Metrics,
+) -> bool {
+    let Some(l) = limiter else {
+        return true;
+    };
+    match l.check(peer.ip(), query_len, reply.len(), now_us) {
+        Verdict::Send => true,
+        Verdict::Slip if rrl::truncate(reply) => {
+            metrics.rrl_slipped.fetch_add(1, Relaxed);
+            true
+        }
+        Verdict::Slip | Verdict::Drop => {
+            metrics.rrl_dropped.fetch_add(1, Relaxed);
+            false
+        }
+    }
+}
+
+/// Microseconds since `epoch`: the rate limiter's clock.
+fn micros_since(epoch: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(epoch).as_micros() as u64
+}
+
 /// A query handed from a UDP worker to the runtime.
 pub struct UdpForward {
     sock: Arc<UdpSocket>,
     peer: SocketAddr,
     req: Box<ForwardRequest>,
     started: Instant,
+    /// The query's size on the wire, for the rate limiter.
+    query_len: usize,
 }
 
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -92,15 +136,21 @@ pub fn spawn_udp(
     cell: Arc<ZoneCell>,
     metrics: Arc<Metrics>,
     forward: mpsc::UnboundedSender<UdpForward>,
+    policy: Arc<Policy>,
 ) -> std::io::Result<()> {
     let socks = (0..threads.max(1))
         .map(|_| reuseport_socket(addr).map(Arc::new))
         .collect::<std::io::Result<Vec<_>>>()?;
     for (i, sock) in socks.into_iter().enumerate() {
-        let (cell, metrics, forward) = (cell.clone(), metrics.clone(), forward.clone());
+        let (cell, metrics, forward, policy) = (
+            cell.clone(),
+            metrics.clone(),
+            forward.clone(),
+            policy.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
-            .spawn(move || udp_worker(sock, &cell, &metrics, &forward))?;
+            .spawn(move || udp_worker(sock, &cell, &metrics, &forward, &policy))?;
     }
     tracing::info!(%addr, threads, "serving DNS over UDP");
     Ok(())
@@ -122,17 +172,23 @@ fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 /// one, up to `BATCH`), each is answered, and the answers leave in one
 /// `sendmmsg`. Under load this halves the system calls per query, which
 /// are most of its cost; when idle it is a plain blocking receive.
+///
+/// Sources outside `policy.allow` are skipped before anything is parsed;
+/// answers pass the worker's own rate limiter (no lock) on their way out.
 fn udp_worker(
     sock: Arc<UdpSocket>,
     cell: &ZoneCell,
     metrics: &Metrics,
     forward: &mpsc::UnboundedSender<UdpForward>,
+    policy: &Policy,
 ) {
     use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders};
     use std::io::{IoSlice, IoSliceMut};
     use std::os::fd::AsRawFd;
     let fd = sock.as_raw_fd();
     let mut local = Local::new(cell);
+    let mut limiter = policy.rrl.clone().map(Limiter::new);
+    let epoch = Instant::now();
     // Queries are small: a datagram longer than this is cut short and
     // answered FORMERR. (EDNS sizes are about answers, not queries.)
     let mut bufs = vec![vec![0u8; MAX_UDP_QUERY]; BATCH];
@@ -164,6 +220,7 @@ fn udp_worker(
             }
         }
         let started = Instant::now();
+        let now_us = micros_since(epoch, started);
         metrics.requests_udp.fetch_add(got.len() as u64, Relaxed);
         let Some(answers) = local.get() else {
             continue; // not synced yet: no answer rather than a wrong one
@@ -171,17 +228,28 @@ fn udp_worker(
         replies.clear();
         for (i, (n, addr)) in got.iter().enumerate() {
             let Some(addr) = addr else { continue };
+            let Some(peer) = to_socket_addr(addr) else {
+                continue;
+            };
+            if !clients::allowed(&policy.allow, peer.ip()) {
+                // Silence: even a REFUSED would be reflected.
+                metrics.refused_clients_udp.fetch_add(1, Relaxed);
+                continue;
+            }
             match answers.answer(&bufs[i][..*n], Transport::Udp) {
-                Outcome::Reply(bytes, rcode) => replies.push((bytes, *addr, u16::from(rcode))),
-                Outcome::Forward(req) => {
-                    if let Some(peer) = to_socket_addr(addr) {
-                        let _ = forward.send(UdpForward {
-                            sock: sock.clone(),
-                            peer,
-                            req,
-                            started,
-                        });
+                Outcome::Reply(mut bytes, rcode) => {
+                    if limit(limiter.as_mut(), peer, *n, &mut bytes, now_us, metrics) {
+                        replies.push((bytes, *addr, u16::from(rcode)));
                     }
+                }
+                Outcome::Forward(req) => {
+                    let _ = forward.send(UdpForward {
+                        sock: sock.clone(),
+                        peer,
+                        req,
+                        started,
+                        query_len: *n,
+                    });
                 }
                 Outcome::Drop => {}
             }
@@ -220,19 +288,42 @@ fn udp_worker(
     }
 }
 
-/// Resolves what the UDP workers could not answer themselves.
+/// Resolves what the UDP workers could not answer themselves. Forwarded
+/// answers (a large TXT upstream, say) amplify as well as cluster ones, so
+/// they pass a rate limiter of their own, shared by the tasks behind a
+/// lock: this path waits for an upstream anyway.
 pub async fn udp_forwarder(
     mut rx: mpsc::UnboundedReceiver<UdpForward>,
     fwd: Arc<Forwarder>,
     metrics: Arc<Metrics>,
+    policy: Arc<Policy>,
 ) {
+    let limiter = Arc::new(policy.rrl.clone().map(|c| Mutex::new(Limiter::new(c))));
+    let epoch = Instant::now();
     while let Some(job) = rx.recv().await {
-        let (fwd, metrics) = (fwd.clone(), metrics.clone());
+        let (fwd, metrics, limiter) = (fwd.clone(), metrics.clone(), limiter.clone());
         tokio::spawn(async move {
-            if let Outcome::Reply(bytes, rcode) = fwd.resolve(*job.req, Transport::Udp).await {
-                // A datagram send does not block for long enough to matter.
-                let _ = job.sock.send_to(&bytes, job.peer);
-                metrics.response(u16::from(rcode), job.started.elapsed());
+            if let Outcome::Reply(mut bytes, rcode) = fwd.resolve(*job.req, Transport::Udp).await {
+                let send = {
+                    let mut guard = limiter
+                        .as_ref()
+                        .as_ref()
+                        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+                    let now_us = micros_since(epoch, Instant::now());
+                    limit(
+                        guard.as_deref_mut(),
+                        job.peer,
+                        job.query_len,
+                        &mut bytes,
+                        now_us,
+                        &metrics,
+                    )
+                };
+                if send {
+                    // A datagram send does not block for long enough to matter.
+                    let _ = job.sock.send_to(&bytes, job.peer);
+                    metrics.response(u16::from(rcode), job.started.elapsed());
+                }
             }
         });
     }
@@ -262,15 +353,18 @@ pub fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> 
     Ok(s.into())
 }
 
+/// Serves TCP. The handshake proves the source address, so nothing here is
+/// rate-limited; sources outside `policy.allow` are closed at once.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     cell: Arc<ZoneCell>,
     fwd: Option<Arc<Forwarder>>,
     metrics: Arc<Metrics>,
+    policy: Arc<Policy>,
 ) {
     let conns = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNS));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "tcp accept failed");
@@ -278,6 +372,11 @@ pub async fn serve_tcp(
                 continue;
             }
         };
+        if !clients::allowed(&policy.allow, peer.ip()) {
+            metrics.refused_clients_tcp.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             drop(stream);
             continue;

@@ -406,6 +406,8 @@ fn config_refuses_forwarding_to_itself_and_bad_limits() {
         cache_max_neg_ttl: 1800,
         max_concurrent: 10,
         upstream_timeout: std::time::Duration::from_secs(1),
+        allow_clients: weft_dns::clients::default_allow(),
+        rrl: Some(weft_dns::rrl::RrlConfig::default()),
     };
     assert!(cfg("127.0.0.1:53", "127.0.0.1:53").validate().is_err());
     assert!(cfg("0.0.0.0:53", "127.0.0.1:53").validate().is_err());
@@ -418,6 +420,27 @@ fn config_refuses_forwarding_to_itself_and_bad_limits() {
     let mut c = cfg("127.0.0.1:5300", "127.0.0.1:53");
     c.listen.clear();
     assert!(c.validate().is_err(), "no default listen address");
+    let mut c = cfg("127.0.0.1:5300", "127.0.0.1:53");
+    c.allow_clients.clear();
+    assert!(c.validate().is_err(), "an empty allow list answers nobody");
+    type Bad = fn(&mut weft_dns::rrl::RrlConfig);
+    let bad: [Bad; 7] = [
+        |r| r.rate = 0,
+        |r| r.burst = 0,
+        |r| r.slip = 11,
+        |r| r.factor = 0.5,
+        |r| r.factor = f64::NAN,
+        |r| r.prefix_v4 = 33,
+        |r| r.prefix_v6 = 129,
+    ];
+    for (i, f) in bad.iter().enumerate() {
+        let mut c = cfg("127.0.0.1:5300", "127.0.0.1:53");
+        f(c.rrl.as_mut().unwrap());
+        assert!(c.validate().is_err(), "bad RRL setting {i} accepted");
+    }
+    let mut c = cfg("127.0.0.1:5300", "127.0.0.1:53");
+    c.rrl = None;
+    assert!(c.validate().is_ok(), "RRL off");
 }
 
 #[test]
@@ -451,4 +474,80 @@ fn additional_records_that_do_not_fit_are_left_out_without_tc() {
         whole_without_extra,
         "some size fits the answers but not the additional addresses"
     );
+}
+
+/// The rate limiter counts only answers at least `rrl::DEFAULT_FACTOR`
+/// times their query: no ordinary answer reaches it, with or without EDNS,
+/// while a large headless Service (the reflection found in issue 17: 150
+/// endpoints) is far past it.
+#[test]
+fn ordinary_answers_stay_under_the_rrl_factor() {
+    let a = answers(CLUSTER, true);
+    let cases: &[(&str, RecordType)] = &[
+        ("web.default.svc.cluster.local.", RecordType::A),
+        ("web.default.svc.cluster.local.", RecordType::AAAA),
+        ("web.default.svc.cluster.local.", RecordType::ANY),
+        ("db.default.svc.cluster.local.", RecordType::A),
+        ("db-0.db.default.svc.cluster.local.", RecordType::A),
+        ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        ("_pg._tcp.db.default.svc.cluster.local.", RecordType::SRV),
+        ("20.0.96.10.in-addr.arpa.", RecordType::PTR),
+        ("5.1.244.10.in-addr.arpa.", RecordType::PTR),
+        ("nope.default.svc.cluster.local.", RecordType::A),
+        (
+            "web.default.svc.cluster.local.default.svc.cluster.local.",
+            RecordType::A,
+        ),
+        ("x.cluster.local.", RecordType::A),
+        ("cluster.local.", RecordType::SOA),
+        ("cluster.local.", RecordType::NS),
+        ("dns-version.cluster.local.", RecordType::TXT),
+        ("10-244-1-5.default.pod.cluster.local.", RecordType::A),
+        ("alias.default.svc.cluster.local.", RecordType::A),
+    ];
+    let mut worst = (0.0f64, "");
+    for (name, t) in cases {
+        for edns in [false, true] {
+            let q = query(name, *t, edns).to_vec().unwrap();
+            let Outcome::Reply(r, _) = a.answer(&q, Transport::Udp) else {
+                panic!("{name} {t}: no reply")
+            };
+            let ratio = r.len() as f64 / q.len() as f64;
+            eprintln!(
+                "{name} {t} edns={edns}: {} / {} = {ratio:.2}",
+                r.len(),
+                q.len()
+            );
+            if ratio > worst.0 {
+                worst = (ratio, name);
+            }
+        }
+    }
+    assert!(
+        worst.0 < weft_dns::rrl::DEFAULT_FACTOR,
+        "{} answers {:.2} times its query",
+        worst.1,
+        worst.0
+    );
+
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: many}\nspec: {clusterIP: None, ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: many-1, labels: {kubernetes.io/service-name: many}}\naddressType: IPv4\nports: [{port: 80}]\nendpoints:\n",
+    );
+    for i in 0..150 {
+        yaml.push_str(&format!(
+            "- {{addresses: [10.250.{}.{}]}}\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    let big = answers(&yaml, true);
+    let mut m = query("many.default.svc.cluster.local.", RecordType::A, true);
+    m.edns.as_mut().unwrap().set_max_payload(4096);
+    let q = m.to_vec().unwrap();
+    let Outcome::Reply(r, _) = big.answer(&q, Transport::Udp) else {
+        panic!("no reply")
+    };
+    let ratio = r.len() as f64 / q.len() as f64;
+    eprintln!("150 endpoints: {} / {} = {ratio:.2}", r.len(), q.len());
+    assert!(ratio > 10.0 * weft_dns::rrl::DEFAULT_FACTOR, "{ratio}");
 }

@@ -5,6 +5,7 @@
 
 use crate::topo::kill_group;
 use crate::{msg, LabError};
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use std::fs::{self, OpenOptions};
@@ -157,12 +158,20 @@ pub fn sweep_netns_etc(etc_netns: &Path, lab: &str) -> Vec<String> {
 /// and the server's pod (here one, on `node`). The pod runs `weft dns` on
 /// the lab's manifest directory; `restartPolicy: Always` makes the lab
 /// restart it, and `dnsPolicy: Default` gives it the host's resolv.conf.
+///
+/// It answers the cluster CIDR (the pods) and its own loopback only, as a
+/// kube-dns is reachable from the cluster alone: the external host, though
+/// on the private underlay that `weft dns`'s default would answer, gets
+/// nothing. (Lab pods never use the host network, so no client asks from a
+/// node's underlay address.)
 pub fn cluster_dns_objects(
     weft_bin: &Path,
     manifests: &Path,
     node: &str,
     upstream: Ipv4Addr,
+    cluster_cidr: IpNet,
 ) -> Result<Vec<Object>, LabError> {
+    let allow = format!("{cluster_cidr},127.0.0.0/8,::1/128");
     let ns = json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": DNS_NAMESPACE},
@@ -201,6 +210,7 @@ pub fn cluster_dns_objects(
                     "--http", format!("0.0.0.0:{DNS_HTTP_PORT}"),
                     "--upstream", upstream.to_string(),
                     "--zone", CLUSTER_DOMAIN,
+                    "--allow-clients", allow,
                 ],
                 "ports": [
                     {"name": "dns", "containerPort": 53, "protocol": "UDP"},
@@ -382,6 +392,7 @@ mod tests {
             Path::new("/run/weft/labs/l/cluster"),
             "node-1",
             Ipv4Addr::new(172, 30, 0, 254),
+            "10.244.0.0/16".parse().unwrap(),
         )
         .unwrap();
         assert_eq!(objs.len(), 3);
@@ -393,6 +404,8 @@ mod tests {
         let cmd = spec.containers[0].command.clone().unwrap();
         assert_eq!(cmd[..2], ["/x/weft".to_string(), "dns".to_string()]);
         assert!(cmd.contains(&"172.30.0.254".to_string()));
+        let allow = cmd.iter().position(|a| a == "--allow-clients").unwrap();
+        assert_eq!(cmd[allow + 1], "10.244.0.0/16,127.0.0.0/8,::1/128");
         let Object::Service(s) = &objs[1] else {
             panic!()
         };

@@ -276,8 +276,13 @@ pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
             wait_ready(&dir, n)?;
         }
         // The DNS add-on before the user's pods, as a cluster has it.
-        let addon =
-            dns::cluster_dns_objects(&env.weft_bin, &dir.join("cluster"), &names[0], EXTERNAL_IP)?;
+        let addon = dns::cluster_dns_objects(
+            &env.weft_bin,
+            &dir.join("cluster"),
+            &names[0],
+            EXTERNAL_IP,
+            st.cluster_cidr,
+        )?;
         apply_objects(env, &mut st, &dir, &addon, &mut Vec::new())?;
         apply_objects(env, &mut st, &dir, &objs, &mut Vec::new())?;
         // It syncs while the user's pods start.

@@ -159,6 +159,44 @@ struct DnsArgs {
     /// How long to wait for one upstream before trying the next, ms.
     #[arg(long, default_value_t = 2000)]
     upstream_timeout_ms: u64,
+    /// Answer only sources in these ranges (CIDR or IP; comma list or
+    /// repeated); others get nothing over UDP and a closed connection over
+    /// TCP. Default: loopback and the private ranges (10/8, 172.16/12,
+    /// 192.168/16, 100.64/10, fc00::/7, fe80::/10); give the cluster's pod
+    /// and node networks, or 0.0.0.0/0,::/0 to answer everyone.
+    #[arg(long = "allow-clients", value_delimiter = ',', value_parser = weft_dns::parse_cidr)]
+    allow_clients: Vec<ipnet::IpNet>,
+    /// Turn response-rate limiting of UDP answers off.
+    #[arg(long)]
+    no_rrl: bool,
+    /// Rate-limited UDP responses per second per client prefix.
+    #[arg(long, default_value_t = weft_dns::rrl::DEFAULT_RATE)]
+    rrl_rate: u32,
+    /// Responses a prefix may get at once after a quiet spell (default: the
+    /// rate).
+    #[arg(long)]
+    rrl_burst: Option<u32>,
+    /// Every Nth limited response is sent truncated (TC, so a real client
+    /// retries over TCP); the others are dropped. 0 drops all.
+    #[arg(long, default_value_t = weft_dns::rrl::DEFAULT_SLIP)]
+    rrl_slip: u32,
+    /// Only responses at least this many times the size of their query
+    /// are limited (ordinary answers are at most 2.75 times).
+    #[arg(long, default_value_t = weft_dns::rrl::DEFAULT_FACTOR)]
+    rrl_factor: f64,
+    /// Limit every UDP response, whatever its size.
+    #[arg(long)]
+    rrl_all: bool,
+    /// Client prefix length sharing one IPv4 budget.
+    #[arg(long, default_value_t = weft_dns::rrl::DEFAULT_PREFIX_V4)]
+    rrl_prefix_v4: u8,
+    /// Client prefix length sharing one IPv6 budget.
+    #[arg(long, default_value_t = weft_dns::rrl::DEFAULT_PREFIX_V6)]
+    rrl_prefix_v6: u8,
+    /// Sources never rate-limited (CIDR or IP; comma list or repeated).
+    /// Default: loopback, which cannot be spoofed from the network.
+    #[arg(long = "rrl-exempt", value_delimiter = ',', value_parser = weft_dns::parse_cidr)]
+    rrl_exempt: Option<Vec<ipnet::IpNet>>,
     /// text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -288,6 +326,22 @@ fn run(cli: Cli) -> Result<i32> {
                 cache_max_neg_ttl: a.cache_max_neg_ttl,
                 max_concurrent: a.max_concurrent,
                 upstream_timeout: std::time::Duration::from_millis(a.upstream_timeout_ms),
+                allow_clients: if a.allow_clients.is_empty() {
+                    weft_dns::clients::default_allow()
+                } else {
+                    a.allow_clients
+                },
+                rrl: (!a.no_rrl).then(|| weft_dns::rrl::RrlConfig {
+                    rate: a.rrl_rate,
+                    burst: a.rrl_burst.unwrap_or(a.rrl_rate),
+                    slip: a.rrl_slip,
+                    factor: a.rrl_factor,
+                    all: a.rrl_all,
+                    prefix_v4: a.rrl_prefix_v4,
+                    prefix_v6: a.rrl_prefix_v6,
+                    exempt: a.rrl_exempt.unwrap_or_else(weft_dns::rrl::default_exempt),
+                    slots: weft_dns::rrl::DEFAULT_SLOTS,
+                }),
             })?;
             Ok(0)
         }
