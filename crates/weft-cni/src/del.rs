@@ -147,20 +147,15 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 /// written) has its host end looked for under every name ADD may have
 /// given it.
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
-    // Removing elements waits for an RCU grace period (~10 ms here), and
-    // so does deleting the veth: side by side the two waits overlap,
-    // where one after the other they would add up.
-    std::thread::scope(|s| {
-        let guard = record
-            .nat
-            .ipspoof
-            .as_ref()
-            .map(|g| s.spawn(move || crate::guard::remove(g).map_err(|e| (g, e))));
-        teardown_links(record, errors);
-        if let Some(Ok(Err((g, e)))) = guard.map(|h| h.join()) {
+    // Removing elements waits ~10 ms in the kernel's commit (a grace
+    // period). Run beside the veth deletion, which also waits, it did not
+    // overlap (the two serialize in the kernel), so it simply goes first.
+    if let Some(g) = &record.nat.ipspoof {
+        if let Err(e) = crate::guard::remove(g) {
             errors.push(format!("ipspoofchk elements of {}: {e}", g.iface));
         }
-    });
+    }
+    teardown_links(record, errors);
 }
 
 fn teardown_links(record: &Record, errors: &mut Vec<String>) {
