@@ -155,6 +155,7 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     );
     let mut current: Option<Arc<ClusterState>> = None;
     let mut retry = false;
+    let mut last_sweep = Instant::now();
     loop {
         let wait = if retry {
             Duration::from_millis(200)
@@ -169,6 +170,17 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             None => {}
         }
         metrics.heartbeat.store(now_secs(), Relaxed);
+        // Anti-spoofing elements of pods' veths that are gone (weft-cni's
+        // DEL leaves them, keyed by an ifindex no link will have again):
+        // one batch per resync period, however busy the node.
+        if last_sweep.elapsed() >= cfg.resync {
+            last_sweep = Instant::now();
+            match weft_kernel::nft::sweep_guard() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(sets = n, "swept stale anti-spoofing elements"),
+                Err(e) => tracing::warn!(error = %e, "anti-spoofing sweep failed"),
+            }
+        }
         let Some(state) = &current else { continue };
         let t = Instant::now();
         metrics.syncs.fetch_add(1, Relaxed);

@@ -336,25 +336,32 @@ fn record_json(
         netns: netns.to_string(),
         host_veth: host_veth.to_string(),
         ips: a.ips.iter().map(|i| i.address).collect(),
-        nat: nat_plan(conf, a, spoof, host_veth),
+        // Written before the veth exists: no ifindex yet, and DEL needs
+        // none (it leaves the anti-spoofing elements to the sweep).
+        nat: nat_plan(conf, a, spoof, None),
     };
     serde_json::to_string(&record).unwrap_or_default()
 }
 
 /// The NAT elements this attachment needs: its addresses for ipMasq, and
 /// each hostPort for every address of the matching family.
+/// `host_link` is the host veth's name and ifindex, once it exists (the
+/// anti-spoofing elements are keyed by the ifindex).
 pub fn nat_plan(
     conf: &NetConf,
     a: &Allocation,
     spoof: Option<MacSpoof>,
-    host_veth: &str,
+    host_link: Option<(&str, u32)>,
 ) -> PodNat {
     let mut nat = PodNat {
         macspoof: spoof,
-        ipspoof: (conf.ipspoofchk && !host_veth.is_empty()).then(|| IpSpoof {
-            iface: host_veth.to_string(),
-            ips: a.ips.iter().map(|i| i.address.addr()).collect(),
-        }),
+        ipspoof: host_link
+            .filter(|_| conf.ipspoofchk)
+            .map(|(name, ifindex)| IpSpoof {
+                iface: name.to_string(),
+                ifindex,
+                ips: a.ips.iter().map(|i| i.address.addr()).collect(),
+            }),
         ..Default::default()
     };
     if conf.ip_masq {
@@ -526,7 +533,7 @@ fn setup(
         ensure_gateway(host, bridge.index, conf, alloc)?;
     }
 
-    let nat = nat_plan(conf, alloc, spoof, &host_veth);
+    let nat = nat_plan(conf, alloc, spoof, Some((&host_veth, hv.index)));
     // Before the pod's process runs: it is never without the check.
     if let Some(g) = &nat.ipspoof {
         crate::guard::apply(g).map_err(k("ipspoofchk"))?;

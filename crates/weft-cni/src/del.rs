@@ -138,7 +138,7 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
             ..Default::default()
         },
         None,
-        "",
+        None,
     )
 }
 
@@ -147,14 +147,10 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 /// written) has its host end looked for under every name ADD may have
 /// given it.
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
-    // Removing elements waits ~10 ms in the kernel's commit (a grace
-    // period). Run beside the veth deletion, which also waits, it did not
-    // overlap (the two serialize in the kernel), so it simply goes first.
-    if let Some(g) = &record.nat.ipspoof {
-        if let Err(e) = crate::guard::remove(g) {
-            errors.push(format!("ipspoofchk elements of {}: {e}", g.iface));
-        }
-    }
+    // The anti-spoofing elements stay: they are keyed by the veth's
+    // ifindex, which no other link will have, and removing them would cost
+    // this DEL ~10 ms of waiting in the kernel (BENCHMARKS.md). GC and the
+    // agent sweep them in batches (`weft_kernel::nft::sweep_guard`).
     teardown_links(record, errors);
 }
 

@@ -42,6 +42,12 @@ pub fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             failed.push(e.msg);
         }
     }
+    // The anti-spoofing elements DELs left behind, of links now gone.
+    if conf.ipspoofchk {
+        if let Err(e) = weft_kernel::nft::sweep_guard() {
+            failed.push(format!("ipspoofchk sweep: {e}"));
+        }
+    }
     for d in &doubts {
         eprintln!("weft-cni: GC: {d}");
     }

@@ -14,13 +14,13 @@ fn sets(g: &IpSpoof) -> [SetElements; 3] {
         g.ips
             .iter()
             .filter(|ip| ip.is_ipv4() == v4)
-            .map(|ip| Key::new().ifname(&g.iface).ip(*ip).build())
+            .map(|ip| Key::new().ifindex(g.ifindex).ip(*ip).build())
             .collect()
     };
     [
         SetElements {
             set: IPGUARD_PORTS.into(),
-            keys: vec![Key::new().ifname(&g.iface).build()],
+            keys: vec![Key::new().ifindex(g.ifindex).build()],
         },
         SetElements {
             set: IPGUARD_SRC4.into(),
@@ -46,8 +46,10 @@ pub fn apply(g: &IpSpoof) -> Result<(), KernelError> {
     }
 }
 
-/// Takes the pod's elements out; ones already gone, or a table that is
-/// not there, are not an error (DEL is idempotent).
+/// Takes the pod's elements out, for a failed ADD's rollback (DEL leaves
+/// them to `weft_kernel::nft::sweep_guard`: they name a link that is gone
+/// and can never match again). Ones already gone, or a table that is not
+/// there, are not an error.
 pub fn remove(g: &IpSpoof) -> Result<(), KernelError> {
     match nft_elements::apply(Family::Bridge, TABLE, Op::Remove, &sets(g)) {
         Err(e) if e.errno() == Some(ENOENT) => Ok(()),

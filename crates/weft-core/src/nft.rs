@@ -48,18 +48,24 @@ pub struct PodNat {
 }
 
 /// The anti-spoofing elements of one pod: its host veth, and the
-/// addresses it may send from.
+/// addresses it may send from. Keyed by the veth's ifindex, not its name:
+/// the kernel hands out ifindexes cyclically and never to two links at
+/// once, so an element left behind by a deleted veth can never match
+/// another. DEL therefore leaves them (removing elements waits ~10 ms in
+/// the kernel) and [`sweep`] takes the stale ones out in batches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpSpoof {
     pub iface: String,
+    #[serde(default)]
+    pub ifindex: u32,
     pub ips: Vec<IpAddr>,
 }
 
-/// The set of host veths whose frames are checked (`type ifname`).
+/// The set of host veths whose frames are checked (`type iface_index`).
 pub const IPGUARD_PORTS: &str = "ipguard";
-/// The sources each checked port may use (`type ifname . ipv4_addr`).
+/// The sources each checked port may use (`type iface_index . ipv4_addr`).
 pub const IPGUARD_SRC4: &str = "ipsrc4";
-/// The same for IPv6 (`type ifname . ipv6_addr`).
+/// The same for IPv6 (`type iface_index . ipv6_addr`).
 pub const IPGUARD_SRC6: &str = "ipsrc6";
 /// The named counter of the frames the check dropped.
 pub const IPGUARD_DROPS: &str = "spoofed";
@@ -173,31 +179,77 @@ pub fn skeleton() -> String {
     // and carry neighbour discovery. Everything else from a checked port
     // (VLAN tags, other ethertypes) is dropped: a pod needs none of it.
     let (ports, src4, src6, drops) = (IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, IPGUARD_DROPS);
-    let _ = writeln!(s, "add set bridge {t} {ports} {{ type ifname; }}");
+    let _ = writeln!(s, "add set bridge {t} {ports} {{ type iface_index; }}");
     let _ = writeln!(
         s,
-        "add set bridge {t} {src4} {{ type ifname . ipv4_addr; }}"
+        "add set bridge {t} {src4} {{ type iface_index . ipv4_addr; }}"
     );
     let _ = writeln!(
         s,
-        "add set bridge {t} {src6} {{ type ifname . ipv6_addr; }}"
+        "add set bridge {t} {src6} {{ type iface_index . ipv6_addr; }}"
     );
     let _ = writeln!(s, "add counter bridge {t} {drops}");
     let _ = writeln!(s, "add chain bridge {t} ipguard");
     let _ = writeln!(s, "flush chain bridge {t} ipguard");
     let _ = writeln!(
         s,
-        "add rule bridge {t} prerouting iifname @{ports} jump ipguard"
+        "add rule bridge {t} prerouting iif @{ports} jump ipguard"
     );
     for rule in [
-        format!("ether type ip iifname . ip saddr @{src4} return"),
-        format!("ether type arp iifname . arp saddr ip @{src4} return"),
+        format!("ether type ip iif . ip saddr @{src4} return"),
+        format!("ether type arp iif . arp saddr ip @{src4} return"),
         "ether type arp arp saddr ip 0.0.0.0 return".to_string(),
-        format!("ether type ip6 iifname . ip6 saddr @{src6} return"),
+        format!("ether type ip6 iif . ip6 saddr @{src6} return"),
         "ether type ip6 ip6 saddr { ::, fe80::/10 } return".to_string(),
         format!("counter name {drops} drop"),
     ] {
         let _ = writeln!(s, "add rule bridge {t} ipguard {rule}");
+    }
+    s
+}
+
+/// The script that deletes the anti-spoofing elements of links that no
+/// longer exist, from `nft -j list table bridge weft-cni`. nft prints an
+/// `iface_index` as the link's name while the link exists and as a number
+/// once it is gone, so a number marks a stale element. Empty when there is
+/// nothing to delete (or the listing is not what is expected: nothing is
+/// deleted on a guess).
+pub fn sweep(listing_json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(listing_json) else {
+        return String::new();
+    };
+    let stale = |e: &serde_json::Value| -> Option<String> {
+        // `{"concat": ["123", "10.0.0.1"]}` or, for the port set, `"123"`.
+        let (idx, rest) = match e.get("concat").and_then(|c| c.as_array()) {
+            Some(parts) if parts.len() == 2 => (parts[0].as_str()?, Some(parts[1].as_str()?)),
+            _ => (e.as_str()?, None),
+        };
+        let n: u32 = idx.parse().ok()?;
+        Some(match rest {
+            Some(ip) => format!("{n} . {ip}"),
+            None => n.to_string(),
+        })
+    };
+    let mut s = String::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = item.get("set") else { continue };
+        let name = set["name"].as_str().unwrap_or_default();
+        if ![IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6].contains(&name) {
+            continue;
+        }
+        let els: Vec<String> = set["elem"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(stale)
+            .collect();
+        if !els.is_empty() {
+            let _ = writeln!(
+                s,
+                "delete element bridge {TABLE} {name} {{ {} }}",
+                els.join(", ")
+            );
+        }
     }
     s
 }
@@ -279,12 +331,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sweep_deletes_only_elements_of_links_that_are_gone() {
+        let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"set": {"family": "bridge", "name": "ipguard", "table": "weft-cni", "type": "iface_index", "elem": ["weft1a2b", "57"]}},
+            {"set": {"family": "bridge", "name": "ipsrc4", "table": "weft-cni", "type": ["iface_index", "ipv4_addr"], "elem": [{"concat": ["weft1a2b", "10.1.0.2"]}, {"concat": ["57", "10.1.0.3"]}]}},
+            {"set": {"family": "bridge", "name": "ipsrc6", "table": "weft-cni", "type": ["iface_index", "ipv6_addr"]}},
+            {"set": {"family": "bridge", "name": "macs", "table": "weft-cni", "elem": [{"concat": ["9", "02:00:00:00:00:01"]}]}}]}"#;
+        assert_eq!(
+            sweep(listing),
+            "delete element bridge weft-cni ipguard { 57 }\ndelete element bridge weft-cni ipsrc4 { 57 . 10.1.0.3 }\n"
+        );
+        assert_eq!(sweep("not json"), "");
+    }
+
+    #[test]
     fn the_skeleton_checks_pod_sources_in_the_bridge() {
         let s = skeleton();
         for want in [
-            "add set bridge weft-cni ipsrc4 { type ifname . ipv4_addr; }",
-            "add rule bridge weft-cni prerouting iifname @ipguard jump ipguard",
-            "add rule bridge weft-cni ipguard ether type arp iifname . arp saddr ip @ipsrc4 return",
+            "add set bridge weft-cni ipsrc4 { type iface_index . ipv4_addr; }",
+            "add rule bridge weft-cni prerouting iif @ipguard jump ipguard",
+            "add rule bridge weft-cni ipguard ether type arp iif . arp saddr ip @ipsrc4 return",
             "add rule bridge weft-cni ipguard counter name spoofed drop",
         ] {
             assert!(s.contains(want), "{want}");
@@ -369,6 +435,8 @@ mod tests {
     fn skeleton_is_fixed() {
         let s = skeleton();
         assert!(s.starts_with("add table inet weft-cni\n"));
-        assert_eq!(s.matches("add rule").count(), 11);
+        // 11 for NAT, hostPorts and macspoofchk; 7 for ipspoofchk (the
+        // jump, and the chain's six).
+        assert_eq!(s.matches("add rule").count(), 18);
     }
 }

@@ -79,6 +79,28 @@ pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
         .any(|l| l.trim() == want))
 }
 
+/// Deletes the anti-spoofing elements of links that are gone
+/// (`weft_core::nft::sweep`), in one transaction; returns how many sets
+/// had some. One wait for the kernel's commit however many there are, off
+/// any pod's ADD or DEL. A missing table has nothing to sweep.
+pub fn sweep_guard() -> Result<usize, KernelError> {
+    let out = Command::new(binary())
+        .args(["-j", "list", "table", "bridge", weft_core::nft::TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| KernelError::io("exec nft", e))?;
+    if !out.status.success() {
+        let e = KernelError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        return if is_missing(&e) { Ok(0) } else { Err(e) };
+    }
+    let script = weft_core::nft::sweep(&String::from_utf8_lossy(&out.stdout));
+    if script.is_empty() {
+        return Ok(0);
+    }
+    apply(&script)?;
+    Ok(script.lines().count())
+}
+
 /// The named counters of `table <family> <name>`: (name, packets, bytes).
 /// A missing table has none. Read on demand (a metrics scrape), so an
 /// exec of nft is cheap enough and keeps no state in the agent.

@@ -78,6 +78,13 @@ impl Key {
         self
     }
 
+    /// An interface index part (`iface_index`): 4 bytes, host order, as
+    /// `meta iif` loads it.
+    pub fn ifindex(mut self, index: u32) -> Key {
+        self.0.extend_from_slice(&index.to_ne_bytes());
+        self
+    }
+
     /// An address part (`ipv4_addr` or `ipv6_addr`), network order.
     pub fn ip(mut self, ip: std::net::IpAddr) -> Key {
         match ip {

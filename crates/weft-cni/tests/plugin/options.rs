@@ -59,14 +59,22 @@ fn ipspoofchk_drops_packets_from_addresses_that_are_not_the_pods() {
     assert!(!dropped.contains("packets 0 "), "{dropped}");
     a.ns.ok("ip addr del 10.1.0.200/32 dev eth0");
 
-    // DEL removes the pod's elements; the other pod's stay.
+    // DEL leaves the pod's elements (keyed by an ifindex no link will have
+    // again); GC sweeps them, and keeps the live pod's.
     node.del(&a, &conf);
-    let elems = node.ns.ok("nft list table bridge weft-cni");
+    let before = node.ns.ok("nft list set bridge weft-cni ipsrc4");
+    assert!(before.contains(ipa.as_str()), "{before}");
+    let gc = node.gc(&conf, &[(b.id.as_str(), b.ifname.as_str())]);
+    assert!(gc.success, "GC failed: {}", gc.stdout);
+    let after = node.ns.ok("nft list table bridge weft-cni");
     assert!(
-        !elems.contains(&format!("{ipa} ")) && !elems.contains(&format!("{ipa}\n")),
-        "{elems}"
+        !after.contains(ipa.as_str()),
+        "GC left a gone pod's elements:\n{after}"
     );
-    assert!(elems.contains(ipb.as_str()), "{elems}");
+    assert!(
+        after.contains(ipb.as_str()),
+        "GC took a live pod's elements:\n{after}"
+    );
     node.del(&b, &conf);
     // A second DEL is not an error.
     node.del(&b, &conf);
