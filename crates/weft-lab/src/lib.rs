@@ -518,7 +518,7 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
     }
     let netns_path = PathBuf::from("/run/netns").join(&netns);
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id}");
-    let rc = json!({});
+    let rc = json!({ "portMappings": port_mappings(pod) });
     let att = Attachment {
         container_id: &container_id,
         netns: &netns_path,
@@ -621,6 +621,29 @@ fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodSt
 
 fn pod_log_path(dir: &Path, ns: &str, name: &str) -> PathBuf {
     dir.join("logs").join(format!("{ns}_{name}.log"))
+}
+
+/// The containers' hostPorts as the kubelet hands them to CNI
+/// (`runtimeConfig.portMappings`); DEL needs none, since weft-cni keeps
+/// what it set up in its record.
+fn port_mappings(pod: &Pod) -> Vec<Value> {
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = p.host_port?;
+            let mut m = json!({
+                "hostPort": host_port,
+                "containerPort": p.container_port,
+                "protocol": p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+            });
+            if let Some(ip) = &p.host_ip {
+                m["hostIP"] = ip.clone().into();
+            }
+            Some(m)
+        })
+        .collect()
 }
 
 fn pod_object(ps: &PodState) -> Object {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 const SIZES: &[usize] = &[1400, 3000, 8000, 60000];
 const UDP_BASE: u16 = 7000;
+const HP_PORT: u16 = 7100;
+const HP_HOST: u16 = 17100;
 
 fn lab2() -> (Lab, std::path::PathBuf) {
     // Reply files for the UDP servers: pods share the host's files.
@@ -29,6 +31,12 @@ fn lab2() -> (Lab, std::path::PathBuf) {
         ));
     }
     let script = format!("{} wait", servers.join(" "));
+    // A hostPort target: 8,000-byte replies, as fragments.
+    let (hp_port, hp_host) = (HP_PORT, HP_HOST);
+    let hp_script = format!(
+        "socat -b65536 -U UDP-LISTEN:{hp_port},fork,reuseaddr OPEN:{},rdonly",
+        dir.join("r8000").display()
+    );
     let ports: Vec<String> = (0..SIZES.len())
         .map(|i| {
             let p = UDP_BASE + i as u16;
@@ -40,6 +48,16 @@ fn lab2() -> (Lab, std::path::PathBuf) {
 kind: Pod
 metadata: {{name: srv, labels: {{app: big}}}}
 spec: {{nodeName: node-1, containers: [{{name: c, command: [sh, -c, {script:?}]}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hp}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    command: [sh, -c, {hp_script:?}]
+    ports: [{{containerPort: {hp_port}, hostPort: {hp_host}, protocol: UDP}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -365,6 +383,19 @@ fn attacks_on_the_agent_fail() {
                     failures.push(format!("{n} bytes {client} → {dst}:{port}: got {got}"));
                 }
             }
+        }
+    }
+    // Through a hostPort on node-1, from its own pod and from node-2's.
+    for client in ["default/near", "default/far"] {
+        let mut got = 0;
+        eventually(5, || {
+            got = udp_reply_len(&lab, client, &node1, HP_HOST);
+            got == 8000
+        });
+        if got != 8000 {
+            failures.push(format!(
+                "8000 bytes {client} → hostPort {node1}:{HP_HOST}: got {got}"
+            ));
         }
     }
     assert!(
