@@ -144,13 +144,42 @@ pub fn builtin_extras(conf: &NetConf) -> Result<(Vec<Route>, Dns), CniError> {
     Ok((routes, dns))
 }
 
+/// A resolv.conf larger than this is refused: the file is named by the
+/// configuration, and `/dev/zero` or a pipe must not hang or swell an ADD.
+const RESOLV_CONF_MAX: u64 = 64 * 1024;
+
 fn parse_resolv_conf(p: &Path) -> Result<Dns, CniError> {
-    let text = std::fs::read_to_string(p).map_err(|e| {
+    use std::io::Read;
+    let fail = |why: String| {
         CniError::new(
             Code::Io,
-            format!("ipam.resolvConf: cannot read {}: {e}", p.display()),
+            format!(
+                "ipam.resolvConf: cannot read {}: {why}",
+                clip(&p.display().to_string())
+            ),
         )
-    })?;
+    };
+    // Only a regular file: opening a FIFO would block the ADD until a
+    // writer came, and a device could be read without end. Checked before
+    // opening for that reason, and again on the open file in case the
+    // path changed in between.
+    let regular = |m: std::io::Result<std::fs::Metadata>| -> Result<(), CniError> {
+        match m {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err(fail("not a regular file".into())),
+            Err(e) => Err(fail(e.to_string())),
+        }
+    };
+    regular(std::fs::metadata(p))?;
+    let f = std::fs::File::open(p).map_err(|e| fail(e.to_string()))?;
+    regular(f.metadata())?;
+    let mut text = String::new();
+    f.take(RESOLV_CONF_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > RESOLV_CONF_MAX {
+        return Err(fail(format!("larger than {RESOLV_CONF_MAX} bytes")));
+    }
     let mut dns = Dns::default();
     for line in text.lines() {
         let mut f = line.split_whitespace();

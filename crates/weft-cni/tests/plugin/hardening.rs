@@ -613,3 +613,46 @@ fn corrupt_records_are_reported_and_their_veths_still_go() {
     let r = node.gc(&conf, &[]);
     assert!(r.success, "{}", r.stdout);
 }
+
+/// A `resolvConf` that never ends (`/dev/zero`) or never opens (a FIFO
+/// with no writer) is refused at once with code 5, as is one over the size
+/// limit; a real one still fills the result's `dns`.
+#[test]
+fn resolv_conf_is_read_only_from_a_small_regular_file() {
+    let node = Node::new();
+    let dir = TempDir::new("resolv");
+    let fifo = dir.0.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let big = dir.0.join("big");
+    std::fs::write(&big, "# padding\n".repeat(10_000)).unwrap();
+    for path in [Path::new("/dev/zero"), fifo.as_path(), big.as_path()] {
+        let pod = Pod::new();
+        let mut conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+        conf["ipam"]["resolvConf"] = json!(path);
+        let t = Instant::now();
+        let r = node.run("ADD", &pod, &conf);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{path:?} held the ADD"
+        );
+        assert!(!r.success, "{path:?} was read");
+        assert_eq!(r.code(), 5, "{path:?}: {}", msg(&r));
+        assert!(msg(&r).contains("ipam.resolvConf"), "{}", msg(&r));
+    }
+    let good = dir.0.join("resolv.conf");
+    std::fs::write(
+        &good,
+        "nameserver 10.96.0.10\nsearch default.svc.cluster.local\n",
+    )
+    .unwrap();
+    let pod = Pod::new();
+    let mut conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+    conf["ipam"]["resolvConf"] = json!(good);
+    let r = node.add(&pod, &conf);
+    assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10", "{r}");
+    node.del(&pod, &conf);
+}
