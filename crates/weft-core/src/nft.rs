@@ -211,10 +211,12 @@ pub fn skeleton() -> String {
 /// The script that deletes the anti-spoofing elements of links that no
 /// longer exist, from `nft -j list table bridge weft-cni`. nft prints an
 /// `iface_index` as the link's name while the link exists and as a number
-/// once it is gone, so a number marks a stale element. Empty when there is
-/// nothing to delete (or the listing is not what is expected: nothing is
-/// deleted on a guess).
-pub fn sweep(listing_json: &str) -> String {
+/// once it is gone, so a number marks a candidate; `gone` confirms it
+/// (the caller asks the kernel), so that an nft printing numbers for live
+/// links could never take a live pod's port out of the check. Empty when
+/// there is nothing to delete (or the listing is not what is expected:
+/// nothing is deleted on a guess).
+pub fn sweep(listing_json: &str, gone: impl Fn(u32) -> bool) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(listing_json) else {
         return String::new();
     };
@@ -225,6 +227,9 @@ pub fn sweep(listing_json: &str) -> String {
             _ => (e.as_str()?, None),
         };
         let n: u32 = idx.parse().ok()?;
+        if !gone(n) {
+            return None;
+        }
         Some(match rest {
             Some(ip) => format!("{n} . {ip}"),
             None => n.to_string(),
@@ -338,10 +343,12 @@ mod tests {
             {"set": {"family": "bridge", "name": "ipsrc6", "table": "weft-cni", "type": ["iface_index", "ipv6_addr"]}},
             {"set": {"family": "bridge", "name": "macs", "table": "weft-cni", "elem": [{"concat": ["9", "02:00:00:00:00:01"]}]}}]}"#;
         assert_eq!(
-            sweep(listing),
+            sweep(listing, |_| true),
             "delete element bridge weft-cni ipguard { 57 }\ndelete element bridge weft-cni ipsrc4 { 57 . 10.1.0.3 }\n"
         );
-        assert_eq!(sweep("not json"), "");
+        // A number whose link the kernel still has is kept.
+        assert_eq!(sweep(listing, |n| n != 57), "");
+        assert_eq!(sweep("not json", |_| true), "");
     }
 
     #[test]

@@ -93,7 +93,11 @@ pub fn sweep_guard() -> Result<usize, KernelError> {
         let e = KernelError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string());
         return if is_missing(&e) { Ok(0) } else { Err(e) };
     }
-    let script = weft_core::nft::sweep(&String::from_utf8_lossy(&out.stdout));
+    let net = crate::net::Net::new()?;
+    let script = weft_core::nft::sweep(&String::from_utf8_lossy(&out.stdout), |n| {
+        // Only a link the kernel confirms gone; on any doubt, keep.
+        matches!(net.link_by_index(n), Ok(None))
+    });
     if script.is_empty() {
         return Ok(0);
     }
