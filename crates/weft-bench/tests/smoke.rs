@@ -40,8 +40,9 @@ fn quick_run_reports_every_configuration_and_cleans_up() {
 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let rows = v["rows"].as_array().expect("rows");
-    // 6 configurations × {ADD, DEL} × {sequential, parallel}.
-    assert_eq!(rows.len(), 24, "{v:#}");
+    // 7 configurations (ipspoofchk the newest) × {ADD, DEL} ×
+    // {sequential, parallel}.
+    assert_eq!(rows.len(), 28, "{v:#}");
     for r in rows {
         let n = r["summary"]["n"].as_u64().unwrap();
         let expected = if r["mode"] == "sequential" { 5 } else { 4 };
