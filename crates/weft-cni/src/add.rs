@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_core::cni::config::invalid_config_path;
 use weft_core::cni::error::clip;
 use weft_core::cni::{CniError, CniResult, Code, Interface, NetConf, Route, Version};
-use weft_core::nft::{HostPort, IpSpoof, MacSpoof, PodNat};
+use weft_core::nft::{HostPort, MacSpoof, PodNat};
 use weft_kernel::ipam_store::IpamStore;
 use weft_kernel::net::{parse_mac, Net};
 use weft_kernel::netns::NetNs;
@@ -272,7 +272,7 @@ struct Done {
     /// The ifindex of the host end this ADD created.
     veth: Option<u32>,
     nat: Option<PodNat>,
-    guard: Option<IpSpoof>,
+    guard: Option<crate::guard::Guard>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,32 +336,16 @@ fn record_json(
         netns: netns.to_string(),
         host_veth: host_veth.to_string(),
         ips: a.ips.iter().map(|i| i.address).collect(),
-        // Written before the veth exists: no ifindex yet, and DEL needs
-        // none (it leaves the anti-spoofing elements to the sweep).
-        nat: nat_plan(conf, a, spoof, None),
+        nat: nat_plan(conf, a, spoof),
     };
     serde_json::to_string(&record).unwrap_or_default()
 }
 
 /// The NAT elements this attachment needs: its addresses for ipMasq, and
 /// each hostPort for every address of the matching family.
-/// `host_link` is the host veth's name and ifindex, once it exists (the
-/// anti-spoofing elements are keyed by the ifindex).
-pub fn nat_plan(
-    conf: &NetConf,
-    a: &Allocation,
-    spoof: Option<MacSpoof>,
-    host_link: Option<(&str, u32)>,
-) -> PodNat {
+pub fn nat_plan(conf: &NetConf, a: &Allocation, spoof: Option<MacSpoof>) -> PodNat {
     let mut nat = PodNat {
         macspoof: spoof,
-        ipspoof: host_link
-            .filter(|_| conf.ipspoofchk)
-            .map(|(name, ifindex)| IpSpoof {
-                iface: name.to_string(),
-                ifindex,
-                ips: a.ips.iter().map(|i| i.address.addr()).collect(),
-            }),
         ..Default::default()
     };
     if conf.ip_masq {
@@ -533,12 +517,16 @@ fn setup(
         ensure_gateway(host, bridge.index, conf, alloc)?;
     }
 
-    let nat = nat_plan(conf, alloc, spoof, Some((&host_veth, hv.index)));
     // Before the pod's process runs: it is never without the check.
-    if let Some(g) = &nat.ipspoof {
-        crate::guard::apply(g).map_err(k("ipspoofchk"))?;
-        done.guard = Some(g.clone());
+    if conf.ipspoofchk {
+        let g = crate::guard::Guard {
+            ifindex: hv.index,
+            ips: alloc.ips.iter().map(|i| i.address.addr()).collect(),
+        };
+        crate::guard::apply(&g).map_err(k("ipspoofchk"))?;
+        done.guard = Some(g);
     }
+    let nat = nat_plan(conf, alloc, spoof);
     // ipMasq is per network: once its subnets are in place (the bridge's
     // alias says so, and goes with the bridge on reboot or netns removal),
     // a pod with nothing of its own needs no nftables work at all.

@@ -138,7 +138,6 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
             ..Default::default()
         },
         None,
-        None,
     )
 }
 
@@ -146,15 +145,12 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 /// and collects them. A record without `host_veth` (lost, or never
 /// written) has its host end looked for under every name ADD may have
 /// given it.
+///
+/// The anti-spoofing elements stay: they are keyed by the veth's ifindex,
+/// which no other link will have, and removing them would cost this DEL
+/// ~10 ms of waiting in the kernel (BENCHMARKS.md). GC and the agent sweep
+/// them in batches (`weft_kernel::nft::sweep_guard`).
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
-    // The anti-spoofing elements stay: they are keyed by the veth's
-    // ifindex, which no other link will have, and removing them would cost
-    // this DEL ~10 ms of waiting in the kernel (BENCHMARKS.md). GC and the
-    // agent sweep them in batches (`weft_kernel::nft::sweep_guard`).
-    teardown_links(record, errors);
-}
-
-fn teardown_links(record: &Record, errors: &mut Vec<String>) {
     if record.nat.per_pod() {
         remove_nat(&record.nat);
     }

@@ -3,13 +3,22 @@
 //! written in-process over netlink, one transaction, since every pod has
 //! them and an `nft` exec would cost each ADD ~2 ms.
 
-use weft_core::nft::{IpSpoof, IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE};
+use std::net::IpAddr;
+use weft_core::nft::{IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE};
 use weft_kernel::nft_elements::{self, Family, Key, Op, SetElements};
 use weft_kernel::{nft, KernelError};
 
 const ENOENT: i32 = 2;
 
-fn sets(g: &IpSpoof) -> [SetElements; 3] {
+/// One pod's anti-spoofing elements: its host veth, by ifindex (see
+/// `weft_core::nft`), and the addresses it may send from.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub ifindex: u32,
+    pub ips: Vec<IpAddr>,
+}
+
+fn sets(g: &Guard) -> [SetElements; 3] {
     let pairs = |v4: bool| {
         g.ips
             .iter()
@@ -36,7 +45,7 @@ fn sets(g: &IpSpoof) -> [SetElements; 3] {
 /// Puts the pod's port under the check with its addresses. The first pod
 /// on a node (or the first after an upgrade that added the sets) finds
 /// them missing and lays the skeleton first.
-pub fn apply(g: &IpSpoof) -> Result<(), KernelError> {
+pub fn apply(g: &Guard) -> Result<(), KernelError> {
     match nft_elements::apply(Family::Bridge, TABLE, Op::Add, &sets(g)) {
         Err(e) if e.errno() == Some(ENOENT) => {
             nft::apply(&weft_core::nft::skeleton())?;
@@ -50,7 +59,7 @@ pub fn apply(g: &IpSpoof) -> Result<(), KernelError> {
 /// them to `weft_kernel::nft::sweep_guard`: they name a link that is gone
 /// and can never match again). Ones already gone, or a table that is not
 /// there, are not an error.
-pub fn remove(g: &IpSpoof) -> Result<(), KernelError> {
+pub fn remove(g: &Guard) -> Result<(), KernelError> {
     match nft_elements::apply(Family::Bridge, TABLE, Op::Remove, &sets(g)) {
         Err(e) if e.errno() == Some(ENOENT) => Ok(()),
         r => r,

@@ -39,27 +39,14 @@ pub struct PodNat {
     /// carry the container's MAC.
     #[serde(default)]
     pub macspoof: Option<MacSpoof>,
-    /// `ipspoofchk`: packets entering the bridge from this host veth must
-    /// carry the pod's own addresses. Written over netlink by the plugin
-    /// (`weft_kernel::nft_elements`), not through `nft`, so it is not part
-    /// of `per_pod` or of the element scripts.
-    #[serde(default)]
-    pub ipspoof: Option<IpSpoof>,
 }
 
-/// The anti-spoofing elements of one pod: its host veth, and the
-/// addresses it may send from. Keyed by the veth's ifindex, not its name:
-/// the kernel hands out ifindexes cyclically and never to two links at
-/// once, so an element left behind by a deleted veth can never match
-/// another. DEL therefore leaves them (removing elements waits ~10 ms in
-/// the kernel) and [`sweep`] takes the stale ones out in batches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpSpoof {
-    pub iface: String,
-    #[serde(default)]
-    pub ifindex: u32,
-    pub ips: Vec<IpAddr>,
-}
+// `ipspoofchk`'s elements (written by weft-cni over netlink, not through
+// `nft`) are keyed by the host veth's ifindex, not its name: the kernel
+// hands out ifindexes cyclically and never to two links at once, so an
+// element left by a deleted veth can never match another. DEL therefore
+// leaves them (removing elements waits ~10 ms in the kernel) and
+// [`sweep`] takes the stale ones out in batches.
 
 /// The set of host veths whose frames are checked (`type iface_index`).
 pub const IPGUARD_PORTS: &str = "ipguard";
@@ -377,7 +364,6 @@ mod tests {
                 container_port: 80,
             }],
             macspoof: None,
-            ipspoof: None,
         }
     }
 

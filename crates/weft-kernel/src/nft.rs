@@ -93,9 +93,14 @@ pub fn sweep_guard() -> Result<usize, KernelError> {
         let e = KernelError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string());
         return if is_missing(&e) { Ok(0) } else { Err(e) };
     }
-    let net = crate::net::Net::new()?;
+    // A netlink handle only when some element looks stale (most sweeps
+    // find none).
+    let net = std::cell::OnceCell::new();
     let script = weft_core::nft::sweep(&String::from_utf8_lossy(&out.stdout), |n| {
         // Only a link the kernel confirms gone; on any doubt, keep.
+        let Ok(net) = net.get_or_init(crate::net::Net::new) else {
+            return false;
+        };
         matches!(net.link_by_index(n), Ok(None))
     });
     if script.is_empty() {

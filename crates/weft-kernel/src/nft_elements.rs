@@ -52,7 +52,7 @@ pub enum Op {
 }
 
 /// The elements of one set: the set's name and each key, already encoded
-/// (see [`key_ifname`] and [`Key`]).
+/// (see [`Key`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetElements {
     pub set: String,
@@ -67,15 +67,6 @@ pub struct Key(Vec<u8>);
 impl Key {
     pub fn new() -> Key {
         Key::default()
-    }
-
-    /// An interface name part (`ifname`): 16 bytes, NUL-padded.
-    pub fn ifname(mut self, name: &str) -> Key {
-        let mut b = [0u8; 16];
-        let n = name.len().min(15);
-        b[..n].copy_from_slice(&name.as_bytes()[..n]);
-        self.0.extend_from_slice(&b);
-        self
     }
 
     /// An interface index part (`iface_index`): 4 bytes, host order, as
@@ -272,12 +263,12 @@ mod tests {
     #[test]
     fn keys_are_laid_out_as_nft_lays_them() {
         let k = Key::new()
-            .ifname("weft1234")
+            .ifindex(7)
             .ip("10.244.1.5".parse().unwrap())
             .build();
-        assert_eq!(k.len(), 20);
-        assert_eq!(&k[..8], b"weft1234");
-        assert_eq!(&k[16..], &[10, 244, 1, 5]);
+        assert_eq!(k.len(), 8);
+        assert_eq!(&k[..4], &7u32.to_ne_bytes());
+        assert_eq!(&k[4..], &[10, 244, 1, 5]);
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub struct NetConf {
     #[serde(default)]
     pub macspoofchk: bool,
     /// weft's own: packets from the pod must carry its addresses
-    /// (`weft_core::nft::IpSpoof`). The agent's conflist turns it on.
+    /// (`weft_core::nft::skeleton`). The agent's conflist turns it on.
     #[serde(default)]
     pub ipspoofchk: bool,
     #[serde(default)]
