@@ -13,6 +13,7 @@
 
 use crate::AgentError;
 use ipnet::IpNet;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -102,14 +103,22 @@ impl ServiceProxy {
     }
 
     /// A Service's view with the refused external addresses taken out,
-    /// each refusal logged once (when it first appears).
+    /// each refusal logged once (when it first appears). Every ClusterIP
+    /// in `state` is gathered only once a Service with external addresses
+    /// needs them (`cluster_ips`, shared by one sync), since most have none.
     fn screened(
         &mut self,
         key: &ObjectKey,
         mut v: ServiceView,
-        cluster_ips: &BTreeSet<IpAddr>,
+        state: &ClusterState,
+        cluster_ips: &OnceCell<BTreeSet<IpAddr>>,
     ) -> ServiceView {
-        let r = self.guard.screen(&mut v, cluster_ips);
+        let r = if v.external_ips.is_empty() && v.lb_ips.is_empty() {
+            Vec::new()
+        } else {
+            let ips = cluster_ips.get_or_init(|| guard::cluster_ips(state));
+            self.guard.screen(&mut v, ips)
+        };
         let before = self.refused.get(key);
         for x in r.iter().filter(|x| !before.is_some_and(|b| b.contains(x))) {
             tracing::warn!(
@@ -163,12 +172,18 @@ impl ServiceProxy {
     /// The snapshot is shared (`Arc`) because the applier keeps it to find
     /// what the next one changed.
     pub fn sync(&mut self, state: Arc<ClusterState>) -> Result<SyncStats, AgentError> {
-        self.invalid_addresses +=
-            report_invalid_addresses(self.applied.as_ref().map(|a| &*a.state), &state);
         let Some(mut applied) = self.applied.take() else {
+            self.invalid_addresses +=
+                report_invalid_addresses(state.objects.iter().map(|(k, o)| (k, Some(o))));
             return self.full(state);
         };
-        let dirty = dirty_services(&applied.state, &state);
+        // One walk over what changed serves both the report and the dirty
+        // set.
+        let changes = applied.state.changed(&state);
+        self.invalid_addresses +=
+            report_invalid_addresses(changes.iter().map(|(k, _, now)| (*k, *now)));
+        let dirty = dirty_from(&changes, &applied.state, &state);
+        drop(changes);
         if dirty.is_empty() {
             let old = std::mem::replace(&mut applied.state, state);
             std::thread::spawn(move || drop(old));
@@ -181,7 +196,7 @@ impl ServiceProxy {
     fn full(&mut self, state: Arc<ClusterState>) -> Result<SyncStats, AgentError> {
         let mut frags = HashMap::new();
         let mut max_count = 0;
-        let ips = guard::cluster_ips(&state);
+        let ips = OnceCell::new();
         self.refused.clear();
         for v in weft_model::services::services(&state) {
             let k = ObjectKey {
@@ -189,7 +204,7 @@ impl ServiceProxy {
                 namespace: v.namespace.clone(),
                 name: v.name.clone(),
             };
-            let v = self.screened(&k, v, &ips);
+            let v = self.screened(&k, v, &state, &ips);
             let f = proxy::compile_service(&v, &self.node);
             max_count = max_count.max(f.max_count);
             frags.insert(k, f);
@@ -234,11 +249,11 @@ impl ServiceProxy {
         let mut before = ap.skeleton.clone();
         let mut next: Vec<(ObjectKey, Option<Fragment>)> = Vec::new();
         let mut max_count = ap.max_count;
-        let ips = guard::cluster_ips(&state);
+        let ips = OnceCell::new();
         for k in &dirty {
             let f = match state.objects.get(k) {
                 Some(Object::Service(svc)) => weft_model::services::service_view(&state, svc)
-                    .map(|v| self.screened(k, v, &ips))
+                    .map(|v| self.screened(k, v, &state, &ips))
                     .map(|v| proxy::compile_service(&v, &self.node)),
                 _ => {
                     self.refused.remove(k);
@@ -384,18 +399,14 @@ fn count(refs: &mut Refs, f: &Fragment, by: i32) {
     }
 }
 
-/// The Services whose compiled form may differ between two snapshots: a
-/// changed Service, a changed EndpointSlice's Service, and for a changed
-/// Pod every selector Service in its namespace, and every Service whose
-/// slice there lists an endpoint without `nodeName` (its node is the
-/// pod's, `weft_model::services`).
-/// Logs the addresses of EndpointSlices new or changed since `prev` (all
-/// of them at the first sync) that are not backends, naming the object
-/// and field, and returns how many there were.
-fn report_invalid_addresses(prev: Option<&ClusterState>, next: &ClusterState) -> u64 {
-    let empty = ClusterState::default();
+/// Logs the addresses of the given EndpointSlices (those new or changed
+/// since the last sync, all of them at the first) that are not backends,
+/// naming the object and field, and returns how many there were.
+fn report_invalid_addresses<'a>(
+    objects: impl Iterator<Item = (&'a ObjectKey, Option<&'a Object>)>,
+) -> u64 {
     let mut n = 0;
-    for (k, _, now) in prev.unwrap_or(&empty).changed(next) {
+    for (k, now) in objects {
         let Some(Object::EndpointSlice(s)) = now else {
             continue;
         };
@@ -410,10 +421,24 @@ fn report_invalid_addresses(prev: Option<&ClusterState>, next: &ClusterState) ->
     n
 }
 
+/// The Services whose compiled form may differ between two snapshots: a
+/// changed Service, a changed EndpointSlice's Service, and for a changed
+/// Pod every selector Service in its namespace, and every Service whose
+/// slice there lists an endpoint without `nodeName` (its node is the
+/// pod's, `weft_model::services`).
 pub fn dirty_services(prev: &ClusterState, next: &ClusterState) -> BTreeSet<ObjectKey> {
+    dirty_from(&prev.changed(next), prev, next)
+}
+
+/// [`dirty_services`] from the changes already found between the two.
+fn dirty_from(
+    changes: &[(&ObjectKey, Option<&Object>, Option<&Object>)],
+    prev: &ClusterState,
+    next: &ClusterState,
+) -> BTreeSet<ObjectKey> {
     let mut out = BTreeSet::new();
     let mut pod_ns: BTreeSet<String> = BTreeSet::new();
-    for (k, a, b) in prev.changed(next) {
+    for &(k, a, b) in changes {
         match k.kind {
             "Service" => {
                 out.insert(k.clone());
