@@ -6,7 +6,7 @@
 //! error, or compiles it. Each case mutates a valid cluster (the proxy's
 //! golden cluster plus nodes, pods and slices) at the text level, then
 //! runs every compiler an agent or the DNS runs on what parses. The
-//! generator is a fixed-seed xorshift, so a failure reproduces by its case
+//! generator is a fixed-seed xorshift (`weft_testkit::Prng`), so a failure reproduces by its case
 //! number.
 
 use std::collections::BTreeSet;
@@ -15,6 +15,7 @@ use std::path::Path;
 use weft_model::guard::{self, ExternalGuard};
 use weft_model::routes::{Backend, Local};
 use weft_model::{bridge, dns, health, manifest, proxy, routes, services, ClusterState, Object};
+use weft_testkit::Prng;
 
 const EXTRA: &str = "
 ---
@@ -112,21 +113,7 @@ const HOSTILE: &[&str] = &[
     "|\n  multi\n  line",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, text: &str) -> String {
+fn mutate(rng: &mut Prng, text: &str) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     for _ in 0..1 + rng.below(4) {
         let n = lines.len();
@@ -238,7 +225,7 @@ fn mutated_manifests_never_panic_the_model() {
     // The unmutated cluster parses, so mutations start from valid input.
     let objs = manifest::parse(Path::new("base.yaml"), &base).expect("base parses");
     assert!(objs.len() > 10);
-    let mut rng = Rng(0x5eed_f00d_d00d_beef);
+    let mut rng = Prng(0x5eed_f00d_d00d_beef);
     let (mut parsed, mut refused) = (0, 0);
     for case in 0..1500 {
         let text = mutate(&mut rng, &base);

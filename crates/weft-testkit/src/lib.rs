@@ -231,3 +231,30 @@ pub fn finish(child: std::process::Child) -> PluginRun {
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// xorshift64*: a small deterministic generator for the fuzz tests, so a
+/// failing case reproduces from its seed and number on any machine.
+pub struct Prng(pub u64);
+
+impl Prng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+
+    pub fn pick<T: Clone>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())].clone()
+    }
+}

@@ -179,28 +179,33 @@ fn vxlan_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -
 fn inject(lab: &Lab, from: &str, node_ip: &str, pod: &str, frame: &[u8]) -> String {
     let f = std::env::temp_dir().join(weft_testkit::unique("vxlan-frame"));
     std::fs::write(&f, frame).unwrap();
-    let listener = Command::new(common::WEFT)
-        .args(["lab", "exec", "--name", &lab.0, pod, "--"])
-        .args(["timeout", "3", "socat", "-u", "UDP-RECV:5555", "-"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn listener");
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..3 {
-        lab.exec(
-            from,
-            &[
-                "socat",
-                "-u",
-                &format!("OPEN:{}", f.display()),
-                &format!("UDP:{node_ip}:8472"),
-            ],
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = listener.wait_with_output().expect("listener");
+    let got = receive_udp(lab, pod, 5555, || {
+        for _ in 0..3 {
+            lab.exec(
+                from,
+                &[
+                    "socat",
+                    "-u",
+                    &format!("OPEN:{}", f.display()),
+                    &format!("UDP:{node_ip}:8472"),
+                ],
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     let _ = std::fs::remove_file(f);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    got
+}
+
+/// `weft_agent_dropped_packets_total{reason}` on a node.
+fn dropped(lab: &Lab, node: &str, reason: &str) -> u64 {
+    let m = metrics(lab, node);
+    let key = format!("weft_agent_dropped_packets_total{{reason=\"{reason}\"}}");
+    m.lines()
+        .find(|l| l.starts_with(&key))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {reason} drop counter:\n{m}"))
 }
 
 /// Listens on UDP `port` in `pod` while `send` runs; returns what came.
@@ -228,7 +233,6 @@ fn receive_udp(lab: &Lab, pod: &str, port: u16, send: impl FnOnce()) -> String {
 fn attacks_on_the_agent_fail() {
     let (lab, files) = lab2();
     let node1 = lab.node_ip("node-1");
-    let node2 = lab.node_ip("node-2");
     let near = lab.ip_of("default/near");
     let srv = lab.ip_of("default/srv");
 
@@ -287,15 +291,8 @@ fn attacks_on_the_agent_fail() {
             "VXLAN from the external host reached a pod"
         );
     }
-    let m = metrics(&lab, "node-1");
-    let dropped: u64 = m
-        .lines()
-        .find(|l| l.starts_with("weft_agent_dropped_packets_total{reason=\"vxlan_foreign\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no vxlan drop counter:\n{m}"));
-    assert!(dropped >= 6, "{m}");
-    let _ = node2;
+    let n = dropped(&lab, "node-1", "vxlan_foreign");
+    assert!(n >= 6, "{n} VXLAN drops counted");
 
     // 2. A pod sends only from its own address: a second address inside
     // its namespace (as a raw socket would) gets it nowhere, on its node
@@ -353,14 +350,8 @@ fn attacks_on_the_agent_fail() {
         !neigh.contains("lladdr"),
         "a pod's ARP claim was taken: {neigh}"
     );
-    let m = metrics(&lab, "node-1");
-    let spoofed: u64 = m
-        .lines()
-        .find(|l| l.starts_with("weft_agent_dropped_packets_total{reason=\"spoofed\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no spoofing drop counter:\n{m}"));
-    assert!(spoofed >= 6, "{m}");
+    let n = dropped(&lab, "node-1", "spoofed");
+    assert!(n >= 6, "{n} spoofing drops counted");
     lab.sh(
         "default/near",
         "ip addr del 10.244.1.200/32 dev eth0 && ip addr del 8.8.8.8/32 dev eth0",

@@ -12,34 +12,10 @@ use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
-use weft_testkit::PluginRun;
+use weft_testkit::{PluginRun, Prng};
 
 const SEED: u64 = 0x005e_ed17_cafe_f00d;
 const CASES: u64 = 500;
-
-/// xorshift64*: small, fast and the same everywhere.
-struct Prng(u64);
-
-impl Prng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<T: Clone>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len())].clone()
-    }
-}
 
 /// A path to a value inside a document.
 #[derive(Clone, Debug)]
