@@ -12,6 +12,7 @@
 //! ```
 
 pub mod dir_source;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod kube_source;
@@ -130,6 +131,9 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         });
     }
+    // Where refused external addresses are reported on their Services:
+    // only a cluster has Events (the lab refuses such a Service at apply).
+    let mut events_tx = None;
     match &cfg.source {
         SourceConfig::Dir(d) => {
             let src = dir_source::DirSource::new(d.clone());
@@ -143,7 +147,12 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             let client = rt
                 .block_on(kube_source::client(kubeconfig.as_deref()))
                 .map_err(AgentError::Config)?;
-            rt.spawn(kube_source::run(client, latest.clone()));
+            rt.spawn(kube_source::run(client.clone(), latest.clone()));
+            // Bounded: if the API server is slow, later reports are dropped
+            // (each is also logged), never the reconciler held up.
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            rt.spawn(events::report(client, cfg.node_name.clone(), rx));
+            events_tx = Some(tx);
         }
     }
 
@@ -184,7 +193,17 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let Some(state) = &current else { continue };
         let t = Instant::now();
         metrics.syncs.fetch_add(1, Relaxed);
-        match rec.sync(state) {
+        let synced = rec.sync(state);
+        let refused = rec.take_new_refusals();
+        if let (Some(tx), false) = (&events_tx, refused.is_empty()) {
+            if tx
+                .try_send(events::refusal_events(state, &refused))
+                .is_err()
+            {
+                tracing::warn!("Event reporting is behind; refusals stay in the log only");
+            }
+        }
+        match synced {
             Ok(()) => {
                 retry = false;
                 metrics.last_sync_ok.store(1, Relaxed);

@@ -60,6 +60,9 @@ pub struct ServiceProxy {
     guard: ExternalGuard,
     /// The addresses the guard refused, by Service, as last reported.
     refused: HashMap<ObjectKey, Vec<Refused>>,
+    /// Refusals that appeared since the caller last took them, to be
+    /// reported on their Services (`take_new_refusals`).
+    new_refusals: Vec<Refused>,
     /// EndpointSlice addresses left out so far (each reported once, when
     /// its slice arrives or changes).
     pub invalid_addresses: u64,
@@ -82,6 +85,7 @@ impl ServiceProxy {
             cluster_cidrs,
             applied: None,
             refused: HashMap::new(),
+            new_refusals: Vec::new(),
             invalid_addresses: 0,
             nft: Nft::default(),
         }
@@ -100,6 +104,13 @@ impl ServiceProxy {
     /// How many external addresses are refused now.
     pub fn refused_count(&self) -> usize {
         self.refused.values().map(Vec::len).sum()
+    }
+
+    /// The refusals that appeared since the last call, each once: an
+    /// address stays refused quietly until the Service changes it, so a
+    /// report is made when something new happens, not on every sync.
+    pub fn take_new_refusals(&mut self) -> Vec<Refused> {
+        std::mem::take(&mut self.new_refusals)
     }
 
     /// A Service's view with the refused external addresses taken out,
@@ -128,6 +139,7 @@ impl ServiceProxy {
                 why = %x.why,
                 "external address refused"
             );
+            self.new_refusals.push(x.clone());
         }
         if r.is_empty() {
             self.refused.remove(key);
@@ -197,7 +209,9 @@ impl ServiceProxy {
         let mut frags = HashMap::new();
         let mut max_count = 0;
         let ips = OnceCell::new();
-        self.refused.clear();
+        // `refused` is kept through a full sync (each Service's entry is
+        // replaced as it is screened), so a resync does not report the
+        // same refusals again; entries of deleted Services go at the end.
         for v in weft_model::services::services(&state) {
             let k = ObjectKey {
                 kind: "Service",
@@ -209,6 +223,7 @@ impl ServiceProxy {
             max_count = max_count.max(f.max_count);
             frags.insert(k, f);
         }
+        self.refused.retain(|k, _| frags.contains_key(k));
         let skeleton = proxy::skeleton_table(&self.cluster_cidrs, max_count);
         let mut table = skeleton.clone();
         let mut refs = Refs::new();

@@ -115,6 +115,11 @@ impl Reconciler {
         self.proxy.recheck();
     }
 
+    /// External addresses refused since the last call (`ServiceProxy`).
+    pub fn take_new_refusals(&mut self) -> Vec<weft_model::guard::Refused> {
+        self.proxy.take_new_refusals()
+    }
+
     pub fn sync(&mut self, snapshot: &Arc<ClusterState>) -> Result<(), AgentError> {
         let cfg = self.cfg.clone();
         // Routing needs only the Nodes; a copy of them (not of every

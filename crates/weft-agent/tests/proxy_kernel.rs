@@ -332,3 +332,38 @@ fn nft_session_reports_errors_and_stays_usable() {
         "half a failed transaction applied: {listed}"
     );
 }
+
+/// A refused external address is handed out for reporting (an Event on the
+/// Service) once when it appears, not on every sync, and not again after a
+/// full resync; a new refused address on the same Service is.
+#[test]
+fn refusals_are_reported_once_each() {
+    let ns = Netns::new("px-refuse");
+    let nn = NetNs::open(&ns.path()).unwrap();
+    let mut p = proxy();
+    let hijack = |ips: &str| {
+        svc("dns", "10.96.0.10", "")
+            + &svc("evil", "10.96.0.30", &format!("  externalIPs: [{ips}]\n"))
+    };
+    let y = hijack("10.96.0.10");
+    nn.run(|| Ok(p.sync(state(&y)).unwrap())).unwrap();
+    let r = p.take_new_refusals();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (r[0].name.as_str(), r[0].ip.to_string()),
+        ("evil", "10.96.0.10".into())
+    );
+    nn.run(|| Ok(p.sync(state(&y)).unwrap())).unwrap();
+    assert!(p.take_new_refusals().is_empty());
+    // A full resync keeps what was already reported.
+    p.forget();
+    let st = nn.run(|| Ok(p.sync(state(&y)).unwrap())).unwrap();
+    assert!(st.full);
+    assert!(p.take_new_refusals().is_empty());
+    // A second hijacked address on the same Service is new.
+    let y2 = hijack("10.96.0.10, 10.244.0.9");
+    nn.run(|| Ok(p.sync(state(&y2)).unwrap())).unwrap();
+    let r = p.take_new_refusals();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].ip.to_string(), "10.244.0.9");
+}
