@@ -6,3 +6,5 @@ cd "$(dirname "$0")"
 . scripts/deps.sh
 # One profile for everything (tests, lab, benchmarks), so CI compiles once.
 cargo test --release --workspace --no-fail-fast "$@"
+# The pure tier must need no privilege (ARCHITECTURE.md, "Test tiers").
+scripts/test-pure.sh

@@ -1,10 +1,7 @@
 //! /healthz and /metrics over HTTP/1 (hyper).
 
 use crate::metrics::Metrics;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -43,38 +40,5 @@ fn respond(m: &Metrics, path: &str) -> (StatusCode, String) {
 
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     tracing::info!(%addr, "serving /healthz and /metrics");
-    serve_fn(addr, Arc::new(move |path: &str| respond(&metrics, path))).await
-}
-
-/// What a small status server answers for a path: a status and a body.
-pub type Route = Arc<dyn Fn(&str) -> (StatusCode, String) + Send + Sync>;
-
-/// Serves GET requests by path until the process ends; shared by the
-/// agent and `weft dns`, whose paths differ.
-pub async fn serve_fn(addr: SocketAddr, route: Route) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let route = route.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (status, body) = route(req.uri().path());
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                *r.status_mut() = status;
-                async move { Ok::<_, std::convert::Infallible>(r) }
-            });
-            // Answer clients that shut down their sending side after the
-            // request (`socat` does); without this, hyper may close first.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    weft_source::admin::serve_fn(addr, Arc::new(move |path: &str| respond(&metrics, path))).await
 }

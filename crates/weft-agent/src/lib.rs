@@ -11,19 +11,14 @@
 //!  Service health-check ports
 //! ```
 
-pub mod dir_source;
 pub mod events;
 pub mod health;
 pub mod http;
-pub mod kube_source;
-pub mod latest;
 pub mod metrics;
 pub mod proxy;
 pub mod reconcile;
-pub mod subnet;
 
 use ipnet::IpNet;
-use latest::Latest;
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_model::routes::Backend;
 use weft_model::ClusterState;
+use weft_source::latest::Latest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -51,6 +47,17 @@ pub enum SourceConfig {
     /// when no path is given.
     Kube { kubeconfig: Option<PathBuf> },
 }
+
+/// The kinds the agent watches: what its compilers read, and nothing
+/// else. Never Secrets: a node's agent has no business holding them.
+pub const KINDS: &[&str] = &[
+    "Node",
+    "Pod",
+    "Namespace",
+    "Service",
+    "EndpointSlice",
+    "NetworkPolicy",
+];
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -136,8 +143,8 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut events_tx = None;
     match &cfg.source {
         SourceConfig::Dir(d) => {
-            let src = dir_source::DirSource::new(d.clone());
-            let (l, m) = (latest.clone(), metrics.clone());
+            let src = weft_source::dir::DirSource::new(d.clone());
+            let (l, m) = (latest.clone(), metrics.source.clone());
             std::thread::Builder::new()
                 .name("dir-source".into())
                 .spawn(move || src.run(l, m))
@@ -145,9 +152,14 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
         SourceConfig::Kube { kubeconfig } => {
             let client = rt
-                .block_on(kube_source::client(kubeconfig.as_deref()))
+                .block_on(weft_source::kube::client(kubeconfig.as_deref()))
                 .map_err(AgentError::Config)?;
-            rt.spawn(kube_source::run(client.clone(), latest.clone()));
+            rt.spawn(weft_source::kube::run(
+                client.clone(),
+                latest.clone(),
+                KINDS,
+                None,
+            ));
             // Bounded: if the API server is slow, later reports are dropped
             // (each is also logged), never the reconciler held up.
             let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -1,12 +1,14 @@
 //! Counters and gauges, rendered in the Prometheus text format.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Metrics {
     pub syncs: AtomicU64,
     pub sync_errors: AtomicU64,
-    pub manifest_errors: AtomicU64,
+    /// The source's own counts (manifests rejected).
+    pub source: Arc<weft_source::SourceStats>,
     pub last_sync_micros: AtomicU64,
     pub last_sync_ok: AtomicU64,
     pub nodes: AtomicU64,
@@ -54,7 +56,7 @@ impl Metrics {
             "weft_agent_manifest_errors_total",
             "counter",
             "Manifest files rejected (the last good version stays in force).",
-            self.manifest_errors.load(Relaxed) as f64,
+            self.source.manifest_errors.load(Relaxed) as f64,
         );
         m(
             "weft_agent_last_sync_duration_seconds",

@@ -4,7 +4,6 @@
 
 use crate::metrics::Metrics;
 use crate::proxy::ServiceProxy;
-use crate::subnet::{overlay, Allocations};
 use crate::{AgentConfig, AgentError};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
@@ -17,6 +16,7 @@ use weft_kernel::overlay::{TaggedRoute, VxlanParams};
 use weft_model::bridge::Endpoint;
 use weft_model::routes::{self, Backend, Desired, Dev, Local};
 use weft_model::ClusterState;
+use weft_source::subnet::{overlay, Allocations};
 
 pub struct Reconciler {
     cfg: Arc<AgentConfig>,

@@ -367,3 +367,27 @@ fn refusals_are_reported_once_each() {
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].ip.to_string(), "10.244.0.9");
 }
+
+/// weft-model's golden Service script (`tests/golden/services.nft`) is one
+/// the kernel's nft accepts. Check mode changes nothing, but it still runs
+/// in a namespace of its own so that no bug can touch the host's ruleset.
+/// (Here rather than in weft-model, whose tests need no root.)
+#[test]
+fn golden_ruleset_loads_in_nft() {
+    let ns = Netns::new("nftgold");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../weft-model/tests/golden/services.nft");
+    let o = ns
+        .cmd("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("run nft");
+    assert!(
+        o.status.success(),
+        "nft -c -f {} failed:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

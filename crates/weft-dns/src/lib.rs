@@ -30,9 +30,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_agent::latest::Latest;
 use weft_model::dns::ZoneConfig;
 use weft_model::ClusterState;
+use weft_source::latest::Latest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -185,7 +185,7 @@ fn compile_loop(
     }
 }
 
-fn route(metrics: Arc<Metrics>, fwd: Option<Arc<forward::Forwarder>>) -> weft_agent::http::Route {
+fn route(metrics: Arc<Metrics>, fwd: Option<Arc<forward::Forwarder>>) -> weft_source::admin::Route {
     use hyper::StatusCode;
     Arc::new(move |path: &str| match path {
         "/health" | "/healthz" if fwd.as_ref().is_some_and(|f| f.loop_detected()) => (
@@ -293,7 +293,7 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
     if let Some(addr) = cfg.http {
         let r = route(metrics.clone(), forwarder.clone());
         rt.spawn(async move {
-            if let Err(e) = weft_agent::http::serve_fn(addr, r).await {
+            if let Err(e) = weft_source::admin::serve_fn(addr, r).await {
                 tracing::error!(%addr, error = %e, "http server failed");
             }
         });
@@ -301,10 +301,10 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
 
     match &cfg.source {
         Source::Dir(d) => {
-            let src = weft_agent::dir_source::DirSource::new(d.clone())
-                .with_transform(weft_model::dns::slim);
+            let src =
+                weft_source::dir::DirSource::new(d.clone()).with_transform(weft_model::dns::slim);
             let l = latest.clone();
-            let m = Arc::new(weft_agent::metrics::Metrics::default());
+            let m = Arc::new(weft_source::SourceStats::default());
             std::thread::Builder::new()
                 .name("dir-source".into())
                 .spawn(move || src.run(l, m))
@@ -312,11 +312,11 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
         }
         Source::Kube { kubeconfig } => {
             let client = rt
-                .block_on(weft_agent::kube_source::client(kubeconfig.as_deref()))
+                .block_on(weft_source::kube::client(kubeconfig.as_deref()))
                 .map_err(DnsError::Config)?;
             // Pod names are synthesized and endpoints come from EndpointSlices,
             // so Pods are not watched (as CoreDNS with `pods insecure`).
-            rt.spawn(weft_agent::kube_source::run_kinds(
+            rt.spawn(weft_source::kube::run(
                 client,
                 latest.clone(),
                 &["Namespace", "Service", "EndpointSlice"],

@@ -162,15 +162,9 @@ fn manifest_path(dir: &Path, o: &Object) -> PathBuf {
 }
 
 fn store(dir: &Path, o: &Object) -> Result<(), LabError> {
-    let text = match o {
-        Object::Node(x) => serde_yaml::to_string(x.as_ref()),
-        Object::Pod(x) => serde_yaml::to_string(x.as_ref()),
-        Object::Namespace(x) => serde_yaml::to_string(x.as_ref()),
-        Object::Service(x) => serde_yaml::to_string(x.as_ref()),
-        Object::EndpointSlice(x) => serde_yaml::to_string(x.as_ref()),
-        Object::NetworkPolicy(x) => serde_yaml::to_string(x.as_ref()),
-    }
-    .map_err(|e| msg(format!("serialise {}: {e}", o.key())))?;
+    let text = o
+        .to_yaml()
+        .map_err(|e| msg(format!("serialise {}: {e}", o.key())))?;
     // k8s-openapi writes apiVersion and kind itself.
     write_file(&manifest_path(dir, o), &text)
 }
@@ -380,7 +374,7 @@ fn add_node(
         s.pod_cidrs.as_ref().is_some_and(|p| !p.is_empty()) || s.pod_cidr.is_some()
     });
     if !has_cidr {
-        weft_agent::subnet::Allocations::new(&dir.join("cluster"))
+        weft_source::subnet::Allocations::new(&dir.join("cluster"))
             .ensure(name, st.cluster_cidr, NODE_PREFIX, &cluster_state(dir))
             .map_err(|e| msg(format!("pod subnet for node {name}: {e}")))?;
     }

@@ -1,21 +1,97 @@
 //! The in-memory cluster: the objects weft acts on, keyed like the API.
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// One API object of a kind weft understands.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Object {
-    Node(Arc<Node>),
-    Pod(Arc<Pod>),
-    Namespace(Arc<Namespace>),
-    Service(Arc<Service>),
-    EndpointSlice(Arc<EndpointSlice>),
-    NetworkPolicy(Arc<NetworkPolicy>),
+/// Every kind weft models, in this one place: the variant of `Object`, its
+/// Rust type and whether it is namespaced. The `Object` enum, the manifest
+/// decoder, the lab's store and the sources' watchers are all generated
+/// from it (`for_each_kind!(some_macro)` hands the list to a macro), so a
+/// new kind (a custom resource with `k8s_openapi::Resource` implemented
+/// for its type) is one line here plus the compilers that read it.
+#[macro_export]
+macro_rules! for_each_kind {
+    ($m:ident) => {
+        $m! {
+            (Node, $crate::k8s::api::core::v1::Node, false),
+            (Pod, $crate::k8s::api::core::v1::Pod, true),
+            (Namespace, $crate::k8s::api::core::v1::Namespace, false),
+            (Service, $crate::k8s::api::core::v1::Service, true),
+            (EndpointSlice, $crate::k8s::api::discovery::v1::EndpointSlice, true),
+            (NetworkPolicy, $crate::k8s::api::networking::v1::NetworkPolicy, true),
+        }
+    };
 }
+
+macro_rules! define_objects {
+    ($(($v:ident, $t:ty, $namespaced:literal)),* $(,)?) => {
+        /// One API object of a kind weft understands.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Object {
+            $($v(Arc<$t>),)*
+        }
+
+        /// Every kind's name, as manifests and the API spell it.
+        pub const KINDS: &[&str] = &[$(stringify!($v)),*];
+
+        impl Object {
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Object::$v(_) => stringify!($v),)*
+                }
+            }
+
+            fn meta(&self) -> &ObjectMeta {
+                match self {
+                    $(Object::$v(o) => &o.metadata,)*
+                }
+            }
+
+            /// Whether objects of this kind live in a namespace.
+            pub fn namespaced(&self) -> bool {
+                match self {
+                    $(Object::$v(_) => $namespaced,)*
+                }
+            }
+
+            /// Whether two objects are the same: the same allocation
+            /// (sources keep unchanged objects, so this is the common,
+            /// O(1) case) or equal.
+            pub fn same(&self, other: &Object) -> bool {
+                match (self, other) {
+                    $((Object::$v(a), Object::$v(b)) => Arc::ptr_eq(a, b) || a == b,)*
+                    #[allow(unreachable_patterns)]
+                    _ => false,
+                }
+            }
+
+            /// The object as YAML (apiVersion and kind included).
+            pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+                match self {
+                    $(Object::$v(o) => serde_yaml::to_string(o.as_ref()),)*
+                }
+            }
+
+            /// Decodes an object of `kind`, the error carrying the path of
+            /// the field at fault; None for a kind weft does not model.
+            pub fn decode(
+                kind: &str,
+                v: serde_yaml::Value,
+            ) -> Option<Result<Object, serde_path_to_error::Error<serde_yaml::Error>>> {
+                match kind {
+                    $(stringify!($v) => Some(
+                        serde_path_to_error::deserialize::<_, $t>(v).map(|o| Object::$v(Arc::new(o))),
+                    ),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+for_each_kind!(define_objects);
 
 /// kind, namespace ("" for cluster-scoped) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -24,7 +100,6 @@ pub struct ObjectKey {
     pub namespace: String,
     pub name: String,
 }
-
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.namespace.is_empty() {
@@ -36,48 +111,11 @@ impl std::fmt::Display for ObjectKey {
 }
 
 impl Object {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Object::Node(_) => "Node",
-            Object::Pod(_) => "Pod",
-            Object::Namespace(_) => "Namespace",
-            Object::Service(_) => "Service",
-            Object::EndpointSlice(_) => "EndpointSlice",
-            Object::NetworkPolicy(_) => "NetworkPolicy",
-        }
-    }
-
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        match self {
-            Object::Node(o) => &o.metadata,
-            Object::Pod(o) => &o.metadata,
-            Object::Namespace(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::EndpointSlice(o) => &o.metadata,
-            Object::NetworkPolicy(o) => &o.metadata,
-        }
-    }
-
-    /// Whether two objects are the same: the same allocation (sources
-    /// keep unchanged objects, so this is the common, O(1) case) or equal.
-    pub fn same(&self, other: &Object) -> bool {
-        match (self, other) {
-            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Object::Pod(a), Object::Pod(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Object::NetworkPolicy(a), Object::NetworkPolicy(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
-        }
-    }
-
     pub fn key(&self) -> ObjectKey {
         let m = self.meta();
-        let namespaced = !matches!(self, Object::Node(_) | Object::Namespace(_));
         ObjectKey {
             kind: self.kind(),
-            namespace: if namespaced {
+            namespace: if self.namespaced() {
                 m.namespace.clone().unwrap_or_else(|| "default".into())
             } else {
                 String::new()

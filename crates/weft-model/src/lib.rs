@@ -21,4 +21,6 @@ pub mod services;
 pub mod subnets;
 pub mod tracer;
 
-pub use cluster::{ClusterState, Object, ObjectKey};
+pub use cluster::{ClusterState, Object, ObjectKey, KINDS};
+/// The Kubernetes API types, for `for_each_kind!` expanded in other crates.
+pub use k8s_openapi as k8s;

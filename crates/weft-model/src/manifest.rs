@@ -20,27 +20,7 @@ pub enum ManifestError {
 }
 
 /// Kinds weft models; anything else is reported rather than silently kept.
-pub const KINDS: &[&str] = &[
-    "Node",
-    "Pod",
-    "Namespace",
-    "Service",
-    "EndpointSlice",
-    "NetworkPolicy",
-];
-
-fn decode<T: serde::de::DeserializeOwned>(
-    v: serde_yaml::Value,
-    err: &dyn Fn(String, String) -> ManifestError,
-) -> Result<T, ManifestError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        err(
-            if path == "." { "(object)".into() } else { path },
-            e.inner().to_string(),
-        )
-    })
-}
+pub use crate::cluster::KINDS;
 
 /// Parses every document of one file.
 pub fn parse(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
@@ -62,26 +42,30 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
             .and_then(|k| k.as_str())
             .unwrap_or("")
             .to_string();
-        let obj = match kind.as_str() {
-            "" => return Err(err("kind".into(), "missing".into())),
-            "List" => {
+        let obj = match Object::decode(&kind, v) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                let path = e.path().to_string();
                 return Err(err(
-                    "kind".into(),
-                    "List is not supported; use one document per object".into(),
-                ))
+                    if path == "." { "(object)".into() } else { path },
+                    e.inner().to_string(),
+                ));
             }
-            "Node" => Object::Node(std::sync::Arc::new(decode(v, &err)?)),
-            "Pod" => Object::Pod(std::sync::Arc::new(decode(v, &err)?)),
-            "Namespace" => Object::Namespace(std::sync::Arc::new(decode(v, &err)?)),
-            "Service" => Object::Service(std::sync::Arc::new(decode(v, &err)?)),
-            "EndpointSlice" => Object::EndpointSlice(std::sync::Arc::new(decode(v, &err)?)),
-            "NetworkPolicy" => Object::NetworkPolicy(std::sync::Arc::new(decode(v, &err)?)),
-            other => {
-                return Err(err(
-                    "kind".into(),
-                    format!("{other} is not a kind weft handles ({})", KINDS.join(", ")),
-                ))
-            }
+            None => match kind.as_str() {
+                "" => return Err(err("kind".into(), "missing".into())),
+                "List" => {
+                    return Err(err(
+                        "kind".into(),
+                        "List is not supported; use one document per object".into(),
+                    ))
+                }
+                other => {
+                    return Err(err(
+                        "kind".into(),
+                        format!("{other} is not a kind weft handles ({})", KINDS.join(", ")),
+                    ))
+                }
+            },
         };
         let key = obj.key();
         validate_name(&key.name).map_err(|m| err("metadata.name".into(), m))?;

@@ -5,9 +5,6 @@
 
 use crate::latest::Latest;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -93,40 +90,39 @@ fn apply(
     }
 }
 
-/// Watches every kind weft acts on until the process ends, publishing
-/// every new state.
-pub async fn run(client: Client, out: Arc<Latest<ClusterState>>) {
-    run_kinds(client, out, weft_model::manifest::KINDS, None).await
+macro_rules! stream_of {
+    ($(($v:ident, $t:ty, $namespaced:literal)),* $(,)?) => {
+        /// The watcher of one kind, by name; None for a kind weft does not
+        /// model.
+        fn stream_of(client: &Client, kind: &str) -> Option<EvStream> {
+            match kind {
+                $(stringify!($v) => Some(watch::<$t>(client, stringify!($v), |o| Object::$v(Arc::new(o)))),)*
+                _ => None,
+            }
+        }
+    };
 }
+weft_model::for_each_kind!(stream_of);
 
-/// Watches only the given kinds (`weft dns` needs three of the six, and
-/// holding every Pod would cost it most of its memory).
-/// `transform` reduces each object as it arrives (see
-/// `dir_source::Transform`).
-pub async fn run_kinds(
+/// Watches the given kinds until the process ends, publishing every new
+/// state. Each consumer names only what it reads (`weft dns` needs three
+/// kinds, and holding every Pod would cost it most of its memory); a kind
+/// weft does not model is logged and skipped. `transform` reduces each
+/// object as it arrives (see `dir::Transform`).
+pub async fn run(
     client: Client,
     out: Arc<Latest<ClusterState>>,
     kinds: &[&str],
-    transform: Option<crate::dir_source::Transform>,
+    transform: Option<crate::dir::Transform>,
 ) {
     let streams: Vec<EvStream> = kinds
         .iter()
-        .filter_map(|k| -> Option<EvStream> {
-            Some(match *k {
-                "Node" => watch::<Node>(&client, "Node", |o| Object::Node(Arc::new(o))),
-                "Pod" => watch::<Pod>(&client, "Pod", |o| Object::Pod(Arc::new(o))),
-                "Namespace" => {
-                    watch::<Namespace>(&client, "Namespace", |o| Object::Namespace(Arc::new(o)))
-                }
-                "Service" => watch::<Service>(&client, "Service", |o| Object::Service(Arc::new(o))),
-                "EndpointSlice" => watch::<EndpointSlice>(&client, "EndpointSlice", |o| {
-                    Object::EndpointSlice(Arc::new(o))
-                }),
-                "NetworkPolicy" => watch::<NetworkPolicy>(&client, "NetworkPolicy", |o| {
-                    Object::NetworkPolicy(Arc::new(o))
-                }),
-                _ => return None,
-            })
+        .filter_map(|k| {
+            let s = stream_of(&client, k);
+            if s.is_none() {
+                tracing::error!(kind = k, "not a kind weft models; not watched");
+            }
+            s
         })
         .collect();
     let n = streams.len();
@@ -171,6 +167,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_model::k8s::api::core::v1::Node;
 
     fn node(name: &str) -> Object {
         let mut n = Node::default();

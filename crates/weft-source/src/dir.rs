@@ -10,7 +10,7 @@
 //! applies.
 
 use crate::latest::Latest;
-use crate::metrics::Metrics;
+use crate::SourceStats;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -111,7 +111,7 @@ impl DirSource {
     }
 
     /// Rescans; returns a new state when it differs from the last one.
-    pub fn scan(&mut self, metrics: &Metrics) -> Option<ClusterState> {
+    pub fn scan(&mut self, stats: &SourceStats) -> Option<ClusterState> {
         self.scanned_at = SystemTime::now();
         self.rescan_soon = false;
         let mut dirs = Vec::new();
@@ -165,7 +165,7 @@ impl DirSource {
                     }
                 }
                 Err(e) => {
-                    metrics.manifest_errors.fetch_add(1, Relaxed);
+                    stats.manifest_errors.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "manifest rejected; its last good version stays in force");
                 }
             }
@@ -188,7 +188,7 @@ impl DirSource {
     /// every directory scanned; the mtime checks and the periodic full
     /// scan stay as a net for what inotify cannot see (a full queue, a
     /// filesystem without events, a watch the kernel refused).
-    pub fn run(mut self, out: Arc<Latest<ClusterState>>, metrics: Arc<Metrics>) {
+    pub fn run(mut self, out: Arc<Latest<ClusterState>>, stats: Arc<SourceStats>) {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         // 50 agents polling every 20 ms is 2,500 wakeups a second on a lab
         // host, and up to 20 ms before one sees a change.
@@ -236,7 +236,7 @@ impl DirSource {
         loop {
             if scan_now {
                 last_full = Instant::now();
-                if let Some(s) = self.scan(&metrics) {
+                if let Some(s) = self.scan(&stats) {
                     out.publish(s);
                 }
                 scan_now = watch(&self.dir_stamps, &mut degraded);
@@ -311,7 +311,7 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let f = d.join("n.yaml");
         std::fs::write(&f, "kind: Node\nmetadata: {name: node-1}\n").unwrap();
-        let m = Metrics::default();
+        let m = SourceStats::default();
         let mut s = DirSource::new(d.clone());
         assert!(s.scan(&m).unwrap().node("node-1").is_some());
         // Truncated, as an in-place writer does first.
@@ -333,7 +333,7 @@ mod tests {
         let f = d.join("n.yaml");
         std::fs::write(&f, "kind: Node\nmetadata: {name: node-1}\n").unwrap();
         std::fs::write(d.join(".weft/x.yaml"), "garbage: [").unwrap();
-        let m = Metrics::default();
+        let m = SourceStats::default();
         let mut s = DirSource::new(d.clone());
         let st = s.scan(&m).unwrap();
         assert!(st.node("node-1").is_some());

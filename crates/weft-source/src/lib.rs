@@ -1,0 +1,31 @@
+//! Where the cluster state comes from, shared by every daemon (the agent,
+//! `weft dns`, and next the gateway):
+//!
+//! ```text
+//!  Kubernetes API (kube-rs watchers)  ─┐
+//!                                      ├─▶ ClusterState ─▶ Latest (newest wins) ─▶ consumer
+//!  manifest directory (inotify + scan) ┘
+//! ```
+//!
+//! Each consumer names the kinds it reads (`kube::run`'s `kinds`), so none
+//! holds or watches more than it needs; the kinds themselves are listed
+//! once, in `weft_model::for_each_kind!`. No kernel code is linked here:
+//! `weft dns` reads the model without rtnetlink or nft.
+//!
+//! `admin` is the small HTTP server the daemons answer `/healthz` and
+//! `/metrics` on.
+
+pub mod admin;
+pub mod dir;
+pub mod kube;
+pub mod latest;
+pub mod subnet;
+
+use std::sync::atomic::AtomicU64;
+
+/// What a source counts, for the consumer's `/metrics`.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Manifests rejected (the file's last good objects stay in force).
+    pub manifest_errors: AtomicU64,
+}
