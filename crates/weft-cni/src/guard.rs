@@ -4,7 +4,7 @@
 //! them and an `nft` exec would cost each ADD ~2 ms.
 
 use std::net::IpAddr;
-use weft_core::nft::{IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE};
+use weft_core::nft::{IPGUARD_ND6, IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE};
 use weft_kernel::nft_elements::{self, Family, Key, Op, SetElements};
 use weft_kernel::{nft, KernelError};
 
@@ -18,7 +18,7 @@ pub struct Guard {
     pub ips: Vec<IpAddr>,
 }
 
-fn sets(g: &Guard) -> [SetElements; 3] {
+fn sets(g: &Guard) -> [SetElements; 4] {
     let pairs = |v4: bool| {
         g.ips
             .iter()
@@ -39,12 +39,18 @@ fn sets(g: &Guard) -> [SetElements; 3] {
             set: IPGUARD_SRC6.into(),
             keys: pairs(false),
         },
+        // The same bytes: the set differs only in how nft types its key.
+        SetElements {
+            set: IPGUARD_ND6.into(),
+            keys: pairs(false),
+        },
     ]
 }
 
 /// Puts the pod's port under the check with its addresses. The first pod
-/// on a node (or the first after an upgrade that added the sets) finds
-/// them missing and lays the skeleton first.
+/// on a node (or the first after an upgrade that added a set) finds one
+/// missing and lays the skeleton first, which also refills the chain with
+/// this version's rules.
 pub fn apply(g: &Guard) -> Result<(), KernelError> {
     match nft_elements::apply(Family::Bridge, TABLE, Op::Add, &sets(g)) {
         Err(e) if e.errno() == Some(ENOENT) => {

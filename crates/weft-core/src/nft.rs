@@ -54,6 +54,12 @@ pub const IPGUARD_PORTS: &str = "ipguard";
 pub const IPGUARD_SRC4: &str = "ipsrc4";
 /// The same for IPv6 (`type iface_index . ipv6_addr`).
 pub const IPGUARD_SRC6: &str = "ipsrc6";
+/// The same pairs as [`IPGUARD_SRC6`], for neighbour discovery's target
+/// address (`typeof iif . @th,64,128`). nft 1.0.6 has no `icmpv6 taddr`,
+/// and it will not look a raw payload (an integer) up in a set typed
+/// `ipv6_addr`, so the raw key needs a set of its own; the kernel compares
+/// the same 20 bytes either way.
+pub const IPGUARD_ND6: &str = "ndtarget6";
 /// The named counter of the frames the check dropped.
 pub const IPGUARD_DROPS: &str = "spoofed";
 
@@ -166,6 +172,7 @@ pub fn skeleton() -> String {
     // and carry neighbour discovery. Everything else from a checked port
     // (VLAN tags, other ethertypes) is dropped: a pod needs none of it.
     let (ports, src4, src6, drops) = (IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, IPGUARD_DROPS);
+    let nd6 = IPGUARD_ND6;
     let _ = writeln!(s, "add set bridge {t} {ports} {{ type iface_index; }}");
     let _ = writeln!(
         s,
@@ -175,6 +182,7 @@ pub fn skeleton() -> String {
         s,
         "add set bridge {t} {src6} {{ type iface_index . ipv6_addr; }}"
     );
+    let _ = writeln!(s, "add set bridge {t} {nd6} {{ typeof iif . @th,64,128; }}");
     let _ = writeln!(s, "add counter bridge {t} {drops}");
     let _ = writeln!(s, "add chain bridge {t} ipguard");
     let _ = writeln!(s, "flush chain bridge {t} ipguard");
@@ -186,6 +194,18 @@ pub fn skeleton() -> String {
         format!("ether type ip iif . ip saddr @{src4} return"),
         format!("ether type arp iif . arp saddr ip @{src4} return"),
         "ether type arp arp saddr ip 0.0.0.0 return".to_string(),
+        // Neighbour discovery is IPv6's ARP, but the address a message
+        // claims is its target (at 8 bytes into the ICMPv6 header), not
+        // its source, which is link-local and passes below. A neighbour
+        // takes an unsolicited advertisement's target and MAC into its
+        // cache over what it had, so an advertisement may name only the
+        // pod's own addresses, or a link-local one (which weft-cni does
+        // not know, and which no pod routes through). A DAD probe (a
+        // solicitation from ::) claims its target in advance; for another
+        // pod's address it would make that pod's DAD fail. Both are
+        // checked before the source rules, which would let them through.
+        format!("ether type ip6 icmpv6 type nd-neighbor-advert iif . @th,64,128 != @{nd6} @th,64,16 & 0xffc0 != 0xfe80 counter name {drops} drop"),
+        format!("ether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit iif . @th,64,128 != @{nd6} @th,64,16 & 0xffc0 != 0xfe80 counter name {drops} drop"),
         format!("ether type ip6 iif . ip6 saddr @{src6} return"),
         "ether type ip6 ip6 saddr { ::, fe80::/10 } return".to_string(),
         format!("counter name {drops} drop"),
@@ -226,7 +246,7 @@ pub fn sweep(listing_json: &str, gone: impl Fn(u32) -> bool) -> String {
     for item in v["nftables"].as_array().into_iter().flatten() {
         let Some(set) = item.get("set") else { continue };
         let name = set["name"].as_str().unwrap_or_default();
-        if ![IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6].contains(&name) {
+        if ![IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, IPGUARD_ND6].contains(&name) {
             continue;
         }
         let els: Vec<String> = set["elem"]
@@ -328,10 +348,13 @@ mod tests {
             {"set": {"family": "bridge", "name": "ipguard", "table": "weft-cni", "type": "iface_index", "elem": ["weft1a2b", "57"]}},
             {"set": {"family": "bridge", "name": "ipsrc4", "table": "weft-cni", "type": ["iface_index", "ipv4_addr"], "elem": [{"concat": ["weft1a2b", "10.1.0.2"]}, {"concat": ["57", "10.1.0.3"]}]}},
             {"set": {"family": "bridge", "name": "ipsrc6", "table": "weft-cni", "type": ["iface_index", "ipv6_addr"]}},
+            {"set": {"family": "bridge", "name": "ndtarget6", "table": "weft-cni", "type": ["iface_index", "integer"], "elem": [{"concat": ["weft1a2b", "0xfd000000000000000000000000000002"]}, {"concat": ["57", "0xfd000000000000000000000000000003"]}]}},
             {"set": {"family": "bridge", "name": "macs", "table": "weft-cni", "elem": [{"concat": ["9", "02:00:00:00:00:01"]}]}}]}"#;
         assert_eq!(
             sweep(listing, |_| true),
-            "delete element bridge weft-cni ipguard { 57 }\ndelete element bridge weft-cni ipsrc4 { 57 . 10.1.0.3 }\n"
+            "delete element bridge weft-cni ipguard { 57 }\n\
+             delete element bridge weft-cni ipsrc4 { 57 . 10.1.0.3 }\n\
+             delete element bridge weft-cni ndtarget6 { 57 . 0xfd000000000000000000000000000003 }\n"
         );
         // A number whose link the kernel still has is kept.
         assert_eq!(sweep(listing, |n| n != 57), "");
@@ -346,11 +369,19 @@ mod tests {
             "add rule bridge weft-cni prerouting iif @ipguard jump ipguard",
             "add rule bridge weft-cni ipguard ether type arp iif . arp saddr ip @ipsrc4 return",
             "add rule bridge weft-cni ipguard counter name spoofed drop",
+            "add set bridge weft-cni ndtarget6 { typeof iif . @th,64,128; }",
+            "add rule bridge weft-cni ipguard ether type ip6 icmpv6 type nd-neighbor-advert iif . @th,64,128 != @ndtarget6 @th,64,16 & 0xffc0 != 0xfe80 counter name spoofed drop",
+            "add rule bridge weft-cni ipguard ether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit iif . @th,64,128 != @ndtarget6 @th,64,16 & 0xffc0 != 0xfe80 counter name spoofed drop",
         ] {
             assert!(s.contains(want), "{want}");
         }
         // The drop is the chain's last rule: everything allowed returns first.
         assert!(s.trim_end().ends_with("counter name spoofed drop"));
+        // Neighbour discovery's target check comes before any IPv6 source
+        // rule: a link-local source would return before it.
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        assert!(at("nd-neighbor-advert") < at("ip6 saddr @ipsrc6 return"));
+        assert!(at("nd-neighbor-solicit") < at("ip6 saddr { ::, fe80::/10 } return"));
     }
 
     fn pod() -> PodNat {
@@ -428,8 +459,8 @@ mod tests {
     fn skeleton_is_fixed() {
         let s = skeleton();
         assert!(s.starts_with("add table inet weft-cni\n"));
-        // 11 for NAT, hostPorts and macspoofchk; 7 for ipspoofchk (the
-        // jump, and the chain's six).
-        assert_eq!(s.matches("add rule").count(), 18);
+        // 11 for NAT, hostPorts and macspoofchk; 9 for ipspoofchk (the
+        // jump, and the chain's eight).
+        assert_eq!(s.matches("add rule").count(), 20);
     }
 }

@@ -81,7 +81,11 @@ pub fn ruleset(bridge_mac: [u8; 6], endpoints: &BTreeSet<Endpoint>) -> String {
     // arrive. Every fragment from a source in the set goes up instead; the
     // node reassembles it, un-NATs it, and routes it back out (fragmented
     // again). The fragment test comes first, so whole packets leave at one
-    // compare.
+    // compare. For IPv6 that compare sees the fragment header only right
+    // after the fixed header, which is where a pod's kernel puts it unless
+    // the application adds its own extension headers (hop-by-hop or
+    // destination options); tests/bridge_kernel.rs in weft-agent sends
+    // such replies through a ClusterIP of each family.
     for (v, frag) in [
         ("4", "ip frag-off & 0x3fff != 0 ip"),
         ("6", "ip6 nexthdr ipv6-frag ip6"),

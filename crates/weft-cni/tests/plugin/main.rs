@@ -15,5 +15,6 @@ mod hardening;
 mod ipv6;
 mod options;
 mod reference;
+mod spoof6;
 mod stress;
 mod versions;
