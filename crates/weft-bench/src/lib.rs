@@ -5,7 +5,8 @@
 //!
 //! Layout: `subject` (what is measured), `stats` and `report` (pure),
 //! `lab` (namespaces and temp files, cleaned up on drop), `driver` (timed
-//! calls from inside the node namespace). `services` is the separate
+//! calls from inside the node namespace). `pktcost` is the CPU time per
+//! packet of a path, for `weft-bench-cluster --security-cpu`. `services` is the separate
 //! `weft-bench-services` (weft's Service proxy against kube-proxy's
 //! iptables rules).
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod dns;
 pub mod driver;
 pub mod lab;
+pub mod pktcost;
 pub mod report;
 pub mod services;
 pub mod stats;

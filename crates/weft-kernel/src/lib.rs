@@ -5,6 +5,7 @@
 //! here is a thin, parameterised wrapper (every host path is an argument) so
 //! tests can point it at temp dirs and throwaway namespaces.
 
+pub mod clock;
 pub mod conntrack;
 pub mod error;
 pub mod ipam_store;

@@ -17,6 +17,11 @@
 //!    starts a second after the last change, once the kernel has torn
 //!    down the previous node's namespace.
 //!
+//! Alone, with `--security`: iperf3 with issue 17's per-packet checks on
+//! and off; with `--security-cpu`: what those checks cost in CPU time per
+//! packet (`weft_bench::pktcost`), a measure the machine's load does not
+//! move.
+//!
 //! Everything runs in labs and namespaces this program creates and removes
 //! (even on failure); nothing touches the host's own network namespace.
 //! Root only.
@@ -33,6 +38,12 @@ struct Opts {
     joins: usize,
     /// Only the A/B of issue 17's checks (`security_ab`).
     security: bool,
+    /// Only the CPU time per packet of issue 17's checks (`security_cpu`).
+    security_cpu: bool,
+    /// Datagrams per measurement in `security_cpu`.
+    packets: u64,
+    /// Whether `--runs` was given (`security_cpu` has its own default).
+    runs_set: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -44,6 +55,9 @@ fn parse_args() -> Result<Opts, String> {
         sizes: vec![3, 10, 50],
         joins: 3,
         security: false,
+        security_cpu: false,
+        packets: 200_000,
+        runs_set: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -51,7 +65,11 @@ fn parse_args() -> Result<Opts, String> {
         match a.as_str() {
             "--weft" => o.weft = PathBuf::from(val()?),
             "--seconds" => o.seconds = val()?.parse().map_err(|_| "--seconds: a number")?,
-            "--runs" => o.runs = val()?.parse().map_err(|_| "--runs: a number")?,
+            "--runs" => {
+                o.runs = val()?.parse().map_err(|_| "--runs: a number")?;
+                o.runs_set = true;
+            }
+            "--packets" => o.packets = val()?.parse().map_err(|_| "--packets: a number")?,
             "--joins" => o.joins = val()?.parse().map_err(|_| "--joins: a number")?,
             "--sizes" => {
                 o.sizes = val()?
@@ -61,15 +79,18 @@ fn parse_args() -> Result<Opts, String> {
                     .collect::<Result<_, _>>()?
             }
             "--security" => o.security = true,
+            "--security-cpu" => o.security_cpu = true,
             "--quick" => {
                 o.seconds = 1;
                 o.runs = 1;
+                o.runs_set = true;
+                o.packets = 20_000;
                 o.sizes = vec![3];
                 o.joins = 1;
             }
             "-h" | "--help" => {
                 println!(
-                    "weft-bench-cluster [--quick] [--seconds S] [--runs N (0: no throughput)] [--sizes 3,10,50 (empty: no convergence)] [--joins N] [--weft PATH] [--security (only: the A/B of anti-spoofing and the VXLAN source check)]"
+                    "weft-bench-cluster [--quick] [--seconds S] [--runs N (0: no throughput)] [--sizes 3,10,50 (empty: no convergence)] [--joins N] [--weft PATH] [--security (only: the A/B of anti-spoofing and the VXLAN source check)] [--security-cpu (only: the CPU time per packet of those checks, on, off and the kernel floor; --runs default 12)] [--packets N (per measurement, 200000)]"
                 );
                 std::process::exit(0);
             }
@@ -511,40 +532,127 @@ fn nft_in(ns: &str, script: &str) -> Result<String, String> {
         .args(script.split_whitespace()))
 }
 
-/// Turns issue 17's per-packet checks on or off in a vxlan lab's nodes:
-/// the pod anti-spoofing jump (weft-cni's bridge table) and the VXLAN
-/// source check (the agent's egress table). Off, the sets stay and only
-/// the rules go, so what is measured is exactly the rules' cost.
-fn security(lab: &Lab, on: bool) -> Result<(), String> {
-    for node in ["node-1", "node-2"] {
-        let ns = lab.netns(node);
-        let guard = "bridge weft-cni prerouting iifname @ipguard jump ipguard";
-        let vx = "inet weft notrack-pre udp dport 8472 ip saddr != @nodes4 fib daddr type local counter name vxlan_foreign drop";
-        if on {
-            nft_in(&ns, &format!("add rule {guard}"))?;
-            nft_in(&ns, &format!("insert rule {vx}"))?;
-        } else {
-            for (family, table, chain, mark) in [
-                ("bridge", "weft-cni", "prerouting", "jump ipguard"),
-                ("inet", "weft", "notrack-pre", "vxlan_foreign"),
-            ] {
-                let listed = nft_in(&ns, &format!("-a list chain {family} {table} {chain}"))?;
-                for l in listed.lines().filter(|l| l.contains(mark)) {
-                    if let Some(h) = l
-                        .rsplit("# handle ")
-                        .next()
-                        .filter(|h| h.trim().parse::<u64>().is_ok())
-                    {
-                        nft_in(
-                            &ns,
-                            &format!("delete rule {family} {table} {chain} handle {}", h.trim()),
-                        )?;
+/// Issue 17's two per-packet rules, each as (chain, a word only its rule
+/// has): the pod anti-spoofing jump in weft-cni's bridge table, and the
+/// VXLAN source check (one rule per address family) in the agent's table.
+const CHECKED: [(&str, &str); 2] = [
+    ("bridge weft-cni prerouting", "jump ipguard"),
+    ("inet weft notrack-pre", "vxlan_foreign"),
+];
+
+/// The rules of an `nft -a list chain` listing, in order: (text, handle).
+fn chain_rules(listing: &str) -> Vec<(String, u64)> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let (text, h) = l.rsplit_once(" # handle ")?;
+            let text = text.trim();
+            // The table's and the chain's own lines open a block.
+            if text.ends_with('{') {
+                return None;
+            }
+            Some((text.to_string(), h.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// One of [`CHECKED`]'s rules as a node had it.
+struct SavedRule {
+    ns: String,
+    chain: &'static str,
+    text: String,
+    /// The handle of the first rule after it that is not toggled: it goes
+    /// back in before that one (at the end if none).
+    before: Option<u64>,
+}
+
+/// Issue 17's checks in a vxlan lab's nodes, captured from the live
+/// rulesets so that turning them back on restores exactly what weft-cni
+/// and the agent wrote, where they wrote it. Off, the sets and chains stay
+/// and only the rules go, so what is measured is exactly the rules' cost.
+struct Checks {
+    rules: Vec<SavedRule>,
+}
+
+impl Checks {
+    fn capture(lab: &Lab) -> Result<Checks, String> {
+        let mut rules = Vec::new();
+        for node in ["node-1", "node-2"] {
+            let ns = lab.netns(node);
+            for (chain, mark) in CHECKED {
+                let listed = chain_rules(&nft_in(&ns, &format!("-a list chain {chain}"))?);
+                for (i, (text, _)) in listed.iter().enumerate() {
+                    if !text.contains(mark) {
+                        continue;
                     }
+                    let before = listed[i + 1..]
+                        .iter()
+                        .find(|(t, _)| !t.contains(mark))
+                        .map(|(_, h)| *h);
+                    rules.push(SavedRule {
+                        ns: ns.clone(),
+                        chain,
+                        text: text.clone(),
+                        before,
+                    });
                 }
             }
         }
+        // Both nodes: the jump, and the VXLAN check for IPv4 and IPv6.
+        if rules.len() != 6 {
+            return Err(format!(
+                "expected issue 17's 3 rules on each of 2 nodes, found {}",
+                rules.len()
+            ));
+        }
+        Ok(Checks { rules })
     }
-    Ok(())
+
+    /// Makes the checks `on` or off (a no-op when they already are), and
+    /// confirms the kernel has exactly that.
+    fn set(&self, on: bool) -> Result<(), String> {
+        for node in ["node-1", "node-2"] {
+            for (chain, mark) in CHECKED {
+                let saved: Vec<&SavedRule> = self
+                    .rules
+                    .iter()
+                    .filter(|r| r.ns.ends_with(node) && r.chain == chain)
+                    .collect();
+                let Some(ns) = saved.first().map(|r| r.ns.as_str()) else {
+                    continue;
+                };
+                let present = |ns: &str| -> Result<Vec<u64>, String> {
+                    Ok(chain_rules(&nft_in(ns, &format!("-a list chain {chain}"))?)
+                        .into_iter()
+                        .filter(|(t, _)| t.contains(mark))
+                        .map(|(_, h)| h)
+                        .collect())
+                };
+                let now = present(ns)?;
+                if on && now.is_empty() {
+                    for r in &saved {
+                        let cmd = match r.before {
+                            Some(h) => format!("insert rule {chain} position {h} {}", r.text),
+                            None => format!("add rule {chain} {}", r.text),
+                        };
+                        nft_in(ns, &cmd)?;
+                    }
+                } else if !on {
+                    for h in now {
+                        nft_in(ns, &format!("delete rule {chain} handle {h}"))?;
+                    }
+                }
+                let n = present(ns)?.len();
+                if n != if on { saved.len() } else { 0 } {
+                    return Err(format!(
+                        "{ns}: {chain}: {n} rules with {mark} after turning the checks {}",
+                        if on { "on" } else { "off" }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the checks cost, in one vxlan lab: each path measured with them
@@ -570,6 +678,7 @@ fn security_ab(o: &Opts) -> Result<(), String> {
         ("pod→pod, same node (vxlan lab)", "default.a2", "default/a2"),
         ("pod→pod, cross-node vxlan", "default.b1", "default/b1"),
     ];
+    let checks = Checks::capture(&vx)?;
     let mut on_s = vec![Vec::new(); cases.len()];
     let mut off_s = vec![Vec::new(); cases.len()];
     for r in 0..o.runs {
@@ -580,7 +689,7 @@ fn security_ab(o: &Opts) -> Result<(), String> {
         } else {
             [false, true]
         } {
-            security(&vx, state)?;
+            checks.set(state)?;
             for (i, (label, sns, spod)) in cases.iter().enumerate() {
                 // Four streams: each flow's receive work lands on one CPU
                 // or the other by its hash (RPS), which makes one stream's
@@ -605,7 +714,7 @@ fn security_ab(o: &Opts) -> Result<(), String> {
             }
         }
     }
-    security(&vx, true)?;
+    checks.set(true)?;
     println!(
         "### Cost of anti-spoofing and the VXLAN source check (iperf3, TCP, 4 streams, {} s × {} runs each, median)\n",
         o.seconds, o.runs
@@ -616,6 +725,205 @@ fn security_ab(o: &Opts) -> Result<(), String> {
         let (a, b) = (median(&on_s[i]), median(&off_s[i]));
         println!("| {label} | {a:.2} | {b:.2} | {:.3} |", a / b);
     }
+    Ok(())
+}
+
+/// Turns receive packet steering off on every link in namespace `ns`, so
+/// that the kernel handles a datagram wholly on the thread that sent it
+/// (`weft_bench::pktcost`).
+fn rps_off(ns: &str) -> Result<(), String> {
+    let script = "for f in /sys/class/net/*/queues/rx-*/rps_cpus; do echo 0 > $f; done";
+    run(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", script])).map(drop)
+}
+
+/// The nearest-rank quartiles of `v`: (q1, median, q3); NaN for none.
+fn quartiles(v: &[f64]) -> (f64, f64, f64) {
+    let q = |p| weft_bench::stats::percentile(v, p).unwrap_or(f64::NAN);
+    (q(25.0), median(v), q(75.0))
+}
+
+/// What issue 17's checks cost in CPU time per packet
+/// (`weft_bench::pktcost`): 64-byte UDP datagrams sent and received by one
+/// thread, whose CPU time per datagram is the cost of the whole path.
+///
+/// Two identical vxlan labs, X and Y, and the kernel floor of the same
+/// paths (`Floor`, no netfilter) are measured together, their flows taking
+/// turns a few hundred datagrams at a time, so all three see the same load
+/// on the machine. In each run one lab has the checks and the other has
+/// their rules deleted; the next run swaps them, so a difference between
+/// the labs themselves cancels over a pair of runs. The figure is each
+/// run's difference, on − off.
+fn security_cpu(o: &Opts) -> Result<(), String> {
+    use weft_bench::pktcost::{interleaved, Flow, Kind, Sample, PAYLOAD, SEGMENT};
+    let runs = if o.runs_set { o.runs } else { 12 };
+    // Per kind: units per flow and run, units per turn, and units sent
+    // between drains of the receiver (32 datagrams sit well inside a
+    // socket's default receive buffer; TCP drains after every write).
+    let plan = |k: Kind| match k {
+        Kind::Udp => (o.packets, 256, 32),
+        Kind::Tcp => ((o.packets / 20).max(100), 16, 1),
+    };
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
+    let f = std::env::temp_dir().join(format!("wbc-seccpu-{}.yaml", std::process::id()));
+    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
+    let up = |name: &str| {
+        Lab::up(
+            &o.weft,
+            name,
+            &[
+                "--nodes",
+                "2",
+                "--backend",
+                "vxlan",
+                "-f",
+                f.to_str().unwrap_or_default(),
+            ],
+        )
+    };
+    let labs = [up("wbc-cpux")?, up("wbc-cpuy")?];
+    let _ = std::fs::remove_file(&f);
+    let floor = Floor::new(true)?;
+    for ns in labs
+        .iter()
+        .flat_map(|l| ["node-1", "node-2", "underlay"].map(|n| l.netns(n)))
+        .chain(floor.namespaces.iter().cloned())
+    {
+        rps_off(&ns)?;
+    }
+    let checks = [Checks::capture(&labs[0])?, Checks::capture(&labs[1])?];
+    let netns = |n: &str| Path::new("/run/netns").join(n);
+    let flow = |k: Kind, (sns, sip, cns): (String, String, String)| -> Result<Flow, String> {
+        let ip = sip
+            .parse::<std::net::IpAddr>()
+            .map_err(|e| format!("{sip}: {e}"))?;
+        Flow::open(k, &netns(&cns), &netns(&sns), ip).map_err(|e| e.to_string())
+    };
+    let in_lab = |k: Kind, l: &Lab, to: &str| -> Result<Flow, String> {
+        flow(
+            k,
+            (
+                l.netns(&format!("default.{to}")),
+                l.pod_ip(&format!("default/{to}"))?,
+                l.netns("default.a1"),
+            ),
+        )
+    };
+    // (label, kind, [lab X's flow, lab Y's, the floor's])
+    let mut paths = Vec::new();
+    for k in [Kind::Udp, Kind::Tcp] {
+        let what = match k {
+            Kind::Udp => format!("{PAYLOAD}-byte UDP, ns per datagram"),
+            Kind::Tcp => format!("TCP bulk, ns per {} KiB", SEGMENT / 1024),
+        };
+        paths.push((
+            format!("pod→pod, same node (through the node's bridge); {what}"),
+            k,
+            [
+                in_lab(k, &labs[0], "a2")?,
+                in_lab(k, &labs[1], "a2")?,
+                flow(k, floor.same())?,
+            ],
+        ));
+        paths.push((
+            format!("pod→pod, cross-node vxlan; {what}"),
+            k,
+            [
+                in_lab(k, &labs[0], "b1")?,
+                in_lab(k, &labs[1], "b1")?,
+                flow(k, floor.cross())?,
+            ],
+        ));
+    }
+    // Per path: [on, off, floor] samples, run by run.
+    let mut samples: Vec<[Vec<Sample>; 3]> = paths.iter().map(|_| Default::default()).collect();
+    for r in 0..runs {
+        // Even runs: X has the checks; odd runs: Y.
+        let x_on = r % 2 == 0;
+        checks[0].set(x_on)?;
+        checks[1].set(!x_on)?;
+        for (i, (label, kind, flows)) in paths.iter().enumerate() {
+            let fl: Vec<&Flow> = flows.iter().collect();
+            let (units, chunk, batch) = plan(*kind);
+            // A warm-up after the change to the rules, then the run.
+            interleaved(&fl, units / 10, chunk, batch).map_err(|e| e.to_string())?;
+            let got = interleaved(&fl, units, chunk, batch).map_err(|e| e.to_string())?;
+            let (on, off) = if x_on {
+                (got[0], got[1])
+            } else {
+                (got[1], got[0])
+            };
+            eprintln!(
+                "run {} ({} on): {label}: on {:.1}, off {:.1}, floor {:.1}; {} of {} back, at most {} in flight",
+                r + 1,
+                if x_on { "X" } else { "Y" },
+                on.ns_per_unit(*kind),
+                off.ns_per_unit(*kind),
+                got[2].ns_per_unit(*kind),
+                got.iter().map(|s| s.received).sum::<u64>(),
+                got.iter().map(|s| s.sent).sum::<u64>(),
+                got.iter().map(|s| s.max_in_flight).max().unwrap_or(0),
+            );
+            samples[i][0].push(on);
+            samples[i][1].push(off);
+            samples[i][2].push(got[2]);
+        }
+    }
+    for c in &checks {
+        c.set(true)?;
+    }
+    println!(
+        "### CPU time per packet of anti-spoofing and the VXLAN source check ({} datagrams, {} × {} KiB of TCP, per flow and run; {runs} runs; one thread sends and receives; RPS off)\n",
+        plan(Kind::Udp).0,
+        plan(Kind::Tcp).0,
+        SEGMENT / 1024
+    );
+    println!("| path; unit | checks on ns (q1–q3) | checks off ns (q1–q3) | kernel floor ns (q1–q3) | on − off per run, ns (q1–q3) | on − off, % of the path with checks off (q1–q3) | % of the floor | off / on |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut whole = true;
+    for (i, (label, kind, _)) in paths.iter().enumerate() {
+        let ns: Vec<Vec<f64>> = samples[i]
+            .iter()
+            .map(|v| v.iter().map(|s| s.ns_per_unit(*kind)).collect())
+            .collect();
+        whole &= samples[i]
+            .iter()
+            .flatten()
+            .all(|s| s.max_in_flight == 0 && s.received == s.sent);
+        let diff: Vec<f64> = ns[0].iter().zip(&ns[1]).map(|(a, b)| a - b).collect();
+        let pct: Vec<f64> = ns[0]
+            .iter()
+            .zip(&ns[1])
+            .map(|(a, b)| (a - b) / b * 100.0)
+            .collect();
+        let cell = |v: &[f64], unit: &str| {
+            let (q1, m, q3) = quartiles(v);
+            format!("{m:.1}{unit} ({q1:.1}–{q3:.1})")
+        };
+        let (on, off, fl, d) = (
+            median(&ns[0]),
+            median(&ns[1]),
+            median(&ns[2]),
+            median(&diff),
+        );
+        println!(
+            "| {label} | {} | {} | {} | {} | {} | {:.2} % | {:.3} |",
+            cell(&ns[0], ""),
+            cell(&ns[1], ""),
+            cell(&ns[2], ""),
+            cell(&diff, ""),
+            cell(&pct, " %"),
+            d / fl * 100.0,
+            off / on
+        );
+    }
+    println!(
+        "\nEvery datagram handled on the measuring thread (none in flight after a drain, all received): {}.",
+        if whole {
+            "yes"
+        } else {
+            "no (a figure misses what ran elsewhere)"
+        }
+    );
     Ok(())
 }
 
@@ -745,6 +1053,9 @@ fn main() {
         if o.security {
             return security_ab(&o);
         }
+        if o.security_cpu {
+            return security_cpu(&o);
+        }
         // `--runs 0`: convergence only.
         if o.runs > 0 {
             let tp = throughput(&o)?;
@@ -805,5 +1116,21 @@ mod tests {
         assert!((t - 1_795_626_419.5).abs() < 1e-3, "{t}");
         let j = r#"{"end":{"sum_sent":{"bits_per_second":1},"sum_received":{"seconds":3,"bits_per_second":1.5e10}}}"#;
         assert_eq!(parse_bps(j).unwrap(), 1.5e10);
+    }
+
+    #[test]
+    fn chain_rules_are_the_rule_lines_in_order() {
+        let listing = "table bridge weft-cni {\n\tchain prerouting { # handle 3\n\t\ttype filter hook prerouting priority dstnat; policy accept;\n\t\tiifname @spoofchk iifname . ether saddr != @macs drop # handle 4\n\t\tip6 saddr { ::, fe80::/10 } return # handle 16\n\t\tiif @ipguard jump ipguard # handle 10\n\t}\n}\n";
+        assert_eq!(
+            chain_rules(listing),
+            vec![
+                (
+                    "iifname @spoofchk iifname . ether saddr != @macs drop".to_string(),
+                    4
+                ),
+                ("ip6 saddr { ::, fe80::/10 } return".to_string(), 16),
+                ("iif @ipguard jump ipguard".to_string(), 10),
+            ]
+        );
     }
 }
