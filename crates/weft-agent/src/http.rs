@@ -2,7 +2,6 @@
 
 use crate::metrics::Metrics;
 use hyper::StatusCode;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -38,7 +37,16 @@ fn respond(m: &Metrics, path: &str) -> (StatusCode, String) {
     }
 }
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    tracing::info!(%addr, "serving /healthz and /metrics");
-    weft_source::admin::serve_fn(addr, Arc::new(move |path: &str| respond(&metrics, path))).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /healthz and /metrics");
+    }
+    weft_source::admin::serve_on(
+        listener,
+        Arc::new(move |path: &str| respond(&metrics, path)),
+    )
+    .await
 }

@@ -37,6 +37,25 @@ pub enum AgentError {
     NotReady(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The process could not set itself up (a runtime, a thread, signal
+    /// handlers): nothing to do with the configuration.
+    #[error("start: {0}")]
+    Start(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// The process exit code for this error (`weft_source::lifecycle`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Config(_) => weft_source::lifecycle::EXIT_CONFIG,
+            _ => weft_source::lifecycle::EXIT_FAILURE,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +133,9 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the agent until the process is killed.
+/// Runs the agent until SIGTERM or SIGINT. Stopping leaves the datapath
+/// as it is (routes, nftables, the conflist): pods keep their traffic
+/// while the agent is away, and a new agent takes over from it.
 pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     cfg.validate()?;
     let cfg = Arc::new(cfg);
@@ -129,15 +150,22 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|e| AgentError::Config(format!("runtime: {e}")))?;
+        .map_err(|e| AgentError::Start(format!("runtime: {e}")))?;
+    // Validated above; now bound, before anything starts, so that an
+    // address in use fails the start (exit 1) rather than going unserved.
     if let Some(addr) = cfg.metrics_addr {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|source| AgentError::Bind { addr, source })?;
         let m = metrics.clone();
         rt.spawn(async move {
-            if let Err(e) = http::serve(addr, m).await {
+            if let Err(e) = http::serve(listener, m).await {
                 tracing::error!(%addr, error = %e, "metrics server failed");
             }
         });
     }
+    weft_source::lifecycle::stop_on_signals(latest.clone())
+        .map_err(|e| AgentError::Start(format!("signal handlers: {e}")))?;
     // Where refused external addresses are reported on their Services:
     // only a cluster has Events (the lab refuses such a Service at apply).
     let mut events_tx = None;
@@ -148,7 +176,7 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             std::thread::Builder::new()
                 .name("dir-source".into())
                 .spawn(move || src.run(l, m))
-                .map_err(|e| AgentError::Config(e.to_string()))?;
+                .map_err(|e| AgentError::Start(format!("source thread: {e}")))?;
         }
         SourceConfig::Kube { kubeconfig } => {
             let client = rt
@@ -183,7 +211,12 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         } else {
             cfg.resync
         };
-        match latest.take(wait) {
+        let taken = latest.take(wait);
+        if latest.is_closed() {
+            tracing::info!("stopped; the datapath stays in place");
+            return Ok(());
+        }
+        match taken {
             Some(s) => current = Some(Arc::new(s)),
             // The periodic resync: repair drift in everything, not only in
             // what the kernel is asked about on every sync.

@@ -42,6 +42,16 @@ pub enum DnsError {
     Io(String),
 }
 
+impl DnsError {
+    /// The process exit code for this error (`weft_source::lifecycle`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DnsError::Config(_) => weft_source::lifecycle::EXIT_CONFIG,
+            DnsError::Io(_) => weft_source::lifecycle::EXIT_FAILURE,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Source {
     Dir(PathBuf),
@@ -166,6 +176,9 @@ fn compile_loop(
     let mut serial = 0u32;
     loop {
         let Some(state) = latest.take(Duration::from_secs(3600)) else {
+            if latest.is_closed() {
+                return;
+            }
             continue;
         };
         let t = Instant::now();
@@ -200,7 +213,7 @@ fn route(metrics: Arc<Metrics>, fwd: Option<Arc<forward::Forwarder>>) -> weft_so
     })
 }
 
-/// Runs the server until the process is killed.
+/// Runs the server until SIGTERM or SIGINT, then drains (see the end).
 pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
     let cfg = cfg.validate()?;
     let metrics = Arc::new(Metrics::default());
@@ -258,46 +271,66 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
             .map_err(|e| DnsError::Io(format!("listen tcp {addr}: {e}")))?;
         tcp.push(l);
     }
+    // The admin port too: an address in use fails the start.
+    let http = match cfg.http {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    let _guard = rt.enter();
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .map_err(|e| DnsError::Io(format!("listen http {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut udp = Vec::new();
     for addr in &cfg.listen {
-        server::spawn_udp(
-            *addr,
-            cfg.threads,
-            cell.clone(),
-            metrics.clone(),
-            tx.clone(),
-            policy.clone(),
-        )
-        .map_err(|e| DnsError::Io(format!("listen udp {addr}: {e}")))?;
+        udp.extend(
+            server::spawn_udp(
+                *addr,
+                cfg.threads,
+                cell.clone(),
+                metrics.clone(),
+                tx.clone(),
+                policy.clone(),
+            )
+            .map_err(|e| DnsError::Io(format!("listen udp {addr}: {e}")))?,
+        );
     }
     drop(tx);
+    let mut accepting = Vec::new();
     for l in tcp {
-        rt.spawn(server::serve_tcp(
+        accepting.push(rt.spawn(server::serve_tcp(
             l,
             cell.clone(),
             forwarder.clone(),
             metrics.clone(),
             policy.clone(),
-        ));
+        )));
     }
-    match &forwarder {
-        Some(f) => {
-            rt.spawn(server::udp_forwarder(
-                rx,
-                f.clone(),
-                metrics.clone(),
-                policy.clone(),
-            ));
+    let forwarding = match &forwarder {
+        Some(f) => Some(rt.spawn(server::udp_forwarder(
+            rx,
+            f.clone(),
+            metrics.clone(),
+            policy.clone(),
+        ))),
+        None => {
+            drop(rx);
+            None
         }
-        None => drop(rx),
-    }
-    if let Some(addr) = cfg.http {
+    };
+    if let Some(l) = http {
         let r = route(metrics.clone(), forwarder.clone());
         rt.spawn(async move {
-            if let Err(e) = weft_source::admin::serve_fn(addr, r).await {
-                tracing::error!(%addr, error = %e, "http server failed");
+            if let Err(e) = weft_source::admin::serve_on(l, r).await {
+                tracing::error!(error = %e, "http server failed");
             }
         });
     }
+    weft_source::lifecycle::stop_on_signals(latest.clone())
+        .map_err(|e| DnsError::Io(format!("signal handlers: {e}")))?;
 
     match &cfg.source {
         Source::Dir(d) => {
@@ -344,6 +377,29 @@ pub fn run(cfg: DnsConfig) -> Result<(), DnsError> {
         "weft dns started"
     );
     compile_loop(&latest, &zone_cfg, cfg.forward, &cell, &metrics);
+
+    // Stopping (a signal closed `latest`): not ready any more, no new
+    // connections, and every query already taken is answered: what the
+    // UDP sockets hold, what waits on an upstream, what TCP has read.
+    metrics.ready.store(0, Relaxed);
+    for a in accepting {
+        a.abort();
+    }
+    server::stop_udp(udp);
+    let bound = cfg.upstream_timeout + Duration::from_secs(1);
+    if let Some(f) = forwarding {
+        if rt
+            .block_on(async { tokio::time::timeout(bound, f).await })
+            .is_err()
+        {
+            tracing::warn!("forwarded queries still waiting; stopping anyway");
+        }
+    }
+    let deadline = Instant::now() + bound;
+    while metrics.tcp_in_flight.load(Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

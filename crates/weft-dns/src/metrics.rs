@@ -20,6 +20,9 @@ const RCODES: [&str; 11] = [
 
 #[derive(Default)]
 pub struct Metrics {
+    /// TCP queries read and not yet answered: a stopping server waits for
+    /// them (not exported).
+    pub tcp_in_flight: AtomicU64,
     pub requests_udp: AtomicU64,
     pub requests_tcp: AtomicU64,
     responses: [AtomicU64; 13],

@@ -11,7 +11,7 @@ use crate::rrl::{self, Limiter, RrlConfig, Verdict};
 use ipnet::IpNet;
 use nix::sys::socket::SockaddrStorage;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,6 +128,27 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// One UDP worker: its socket, to stop it (`stop_udp`), and its thread.
+pub struct UdpWorker {
+    sock: Arc<UdpSocket>,
+    stopping: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Stops the workers once they have answered what their sockets already
+/// hold: shutting a socket's receiving side wakes its blocked receive,
+/// which returns the datagrams still queued and then an empty read.
+pub fn stop_udp(workers: Vec<UdpWorker>) {
+    use std::os::fd::AsRawFd;
+    for w in &workers {
+        w.stopping.store(true, Relaxed);
+        let _ = nix::sys::socket::shutdown(w.sock.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+    }
+    for w in workers {
+        let _ = w.thread.join();
+    }
+}
+
 /// Binds `threads` UDP sockets on `addr` (all before serving, so a bad
 /// address fails the start) and runs a worker on each.
 pub fn spawn_udp(
@@ -137,10 +158,11 @@ pub fn spawn_udp(
     metrics: Arc<Metrics>,
     forward: mpsc::UnboundedSender<UdpForward>,
     policy: Arc<Policy>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Vec<UdpWorker>> {
     let socks = (0..threads.max(1))
         .map(|_| reuseport_socket(addr).map(Arc::new))
         .collect::<std::io::Result<Vec<_>>>()?;
+    let mut workers = Vec::new();
     for (i, sock) in socks.into_iter().enumerate() {
         let (cell, metrics, forward, policy) = (
             cell.clone(),
@@ -148,12 +170,19 @@ pub fn spawn_udp(
             forward.clone(),
             policy.clone(),
         );
-        std::thread::Builder::new()
+        let (s, stopping) = (sock.clone(), Arc::new(AtomicBool::new(false)));
+        let st = stopping.clone();
+        let thread = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
-            .spawn(move || udp_worker(sock, &cell, &metrics, &forward, &policy))?;
+            .spawn(move || udp_worker(s, &st, &cell, &metrics, &forward, &policy))?;
+        workers.push(UdpWorker {
+            sock,
+            stopping,
+            thread,
+        });
     }
     tracing::info!(%addr, threads, "serving DNS over UDP");
-    Ok(())
+    Ok(workers)
 }
 
 /// Datagrams taken (and answers sent) per system call under load.
@@ -177,6 +206,7 @@ fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 /// answers pass the worker's own rate limiter (no lock) on their way out.
 fn udp_worker(
     sock: Arc<UdpSocket>,
+    stopping: &AtomicBool,
     cell: &ZoneCell,
     metrics: &Metrics,
     forward: &mpsc::UnboundedSender<UdpForward>,
@@ -211,6 +241,8 @@ fn udp_worker(
                 None,
             ) {
                 Ok(msgs) => got.extend(msgs.map(|m| (m.bytes, m.address))),
+                // Shut down for reading (`stop_udp`) and drained.
+                Err(_) if stopping.load(Relaxed) => return,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "udp receive failed");
@@ -219,10 +251,20 @@ fn udp_worker(
                 }
             }
         }
+        // Once shut down, the socket returns what was queued, then empty
+        // reads: answer the rest of the batch, then stop.
+        let last = stopping.load(Relaxed) && (got.is_empty() || got.iter().any(|(n, _)| *n == 0));
         let started = Instant::now();
         let now_us = micros_since(epoch, started);
-        metrics.requests_udp.fetch_add(got.len() as u64, Relaxed);
+        let queries = got
+            .iter()
+            .filter(|(_, a)| a.as_ref().and_then(to_socket_addr).is_some())
+            .count();
+        metrics.requests_udp.fetch_add(queries as u64, Relaxed);
         let Some(answers) = local.get() else {
+            if last {
+                return;
+            }
             continue; // not synced yet: no answer rather than a wrong one
         };
         replies.clear();
@@ -255,6 +297,9 @@ fn udp_worker(
             }
         }
         if replies.is_empty() {
+            if last {
+                return;
+            }
             continue;
         }
         let iovs: Vec<[IoSlice; 1]> = replies.iter().map(|r| [IoSlice::new(&r.0)]).collect();
@@ -285,6 +330,9 @@ fn udp_worker(
                 Err(_) => sent += 1,
             }
         }
+        if last {
+            return;
+        }
     }
 }
 
@@ -300,9 +348,20 @@ pub async fn udp_forwarder(
 ) {
     let limiter = Arc::new(policy.rrl.clone().map(|c| Mutex::new(Limiter::new(c))));
     let epoch = Instant::now();
-    while let Some(job) = rx.recv().await {
+    // Every query taken is answered before this returns: when the workers
+    // stop (their senders go), the tasks still waiting on an upstream are
+    // awaited, so a stopping server finishes what it took.
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let job = tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
         let (fwd, metrics, limiter) = (fwd.clone(), metrics.clone(), limiter.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Outcome::Reply(mut bytes, rcode) = fwd.resolve(*job.req, Transport::Udp).await {
                 let send = {
                     let mut guard = limiter
@@ -327,6 +386,7 @@ pub async fn udp_forwarder(
             }
         });
     }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// How long a TCP client may stay idle between queries.
@@ -389,6 +449,23 @@ pub async fn serve_tcp(
     }
 }
 
+/// Counts a TCP query from when it is read until its answer is written
+/// (or the connection fails), however the handler returns.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a AtomicU64) -> InFlight<'a> {
+        c.fetch_add(1, Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 async fn tcp_conn(
     mut s: tokio::net::TcpStream,
     cell: &ZoneCell,
@@ -411,6 +488,7 @@ async fn tcp_conn(
             .map_err(|_| timed_out())??;
         let started = Instant::now();
         metrics.requests_tcp.fetch_add(1, Relaxed);
+        let _busy = InFlight::new(&metrics.tcp_in_flight);
         let Some(answers) = cell.get() else {
             return Ok(());
         };

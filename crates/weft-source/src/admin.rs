@@ -14,7 +14,12 @@ pub type Route = Arc<dyn Fn(&str) -> (StatusCode, String) + Send + Sync>;
 
 /// Serves GET requests by path until the process ends.
 pub async fn serve_fn(addr: SocketAddr, route: Route) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(tokio::net::TcpListener::bind(addr).await?, route).await
+}
+
+/// `serve_fn` on a listener bound already: a daemon binds before it
+/// starts anything, so that an address in use fails the start.
+pub async fn serve_on(listener: tokio::net::TcpListener, route: Route) -> std::io::Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

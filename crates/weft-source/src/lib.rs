@@ -12,13 +12,15 @@
 //! once, in `weft_model::for_each_kind!`. No kernel code is linked here:
 //! `weft dns` reads the model without rtnetlink or nft.
 //!
-//! `admin` is the small HTTP server the daemons answer `/healthz` and
-//! `/metrics` on.
+//! Two more things every daemon shares sit here too: `admin`, the small
+//! HTTP server they answer `/healthz` and `/metrics` on, and `lifecycle`,
+//! how they stop (signals, drain, exit codes).
 
 pub mod admin;
 pub mod dir;
 pub mod kube;
 pub mod latest;
+pub mod lifecycle;
 pub mod subnet;
 
 use std::sync::atomic::AtomicU64;

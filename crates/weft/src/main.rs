@@ -106,8 +106,15 @@ struct AgentArgs {
     #[arg(long = "external-ip-cidrs", value_delimiter = ',')]
     external_ip_cidrs: Option<Vec<ipnet::IpNet>>,
     /// text or json.
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How the daemons log (on stderr).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -198,8 +205,8 @@ struct DnsArgs {
     #[arg(long = "rrl-exempt", value_delimiter = ',', value_parser = weft_dns::parse_cidr)]
     rrl_exempt: Option<Vec<ipnet::IpNet>>,
     /// text or json.
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -261,7 +268,7 @@ fn run(cli: Cli) -> Result<i32> {
     let env = LabEnv::system();
     match cli.cmd {
         Cmd::Agent(a) => {
-            init_logs(&a.log_format);
+            init_logs(a.log_format);
             let source = match a.manifests {
                 Some(d) => weft_agent::SourceConfig::Dir(d),
                 None => weft_agent::SourceConfig::Kube {
@@ -297,7 +304,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Dns(a) => {
-            init_logs(&a.log_format);
+            init_logs(a.log_format);
             let source = match a.manifests {
                 Some(d) => weft_dns::Source::Dir(d),
                 None => weft_dns::Source::Kube {
@@ -400,13 +407,13 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default info).
-fn init_logs(format: &str) {
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if matches!(format, LogFormat::Json) {
         b.json().init();
     } else {
         b.with_ansi(false).init();
@@ -418,7 +425,16 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("weft: {e:#}");
-            ExitCode::FAILURE
+            // The daemons' codes (README, "Exit codes"): 2 for a bad
+            // configuration, 1 for anything else.
+            let code = if let Some(e) = e.downcast_ref::<weft_agent::AgentError>() {
+                e.exit_code()
+            } else if let Some(e) = e.downcast_ref::<weft_dns::DnsError>() {
+                e.exit_code()
+            } else {
+                1
+            };
+            ExitCode::from(code)
         }
     }
 }
