@@ -31,8 +31,20 @@ use weft_source::latest::Latest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{0}")]
-    Kernel(String),
+    /// The kernel refused or failed `what`.
+    #[error("{what}: {source}")]
+    Kernel {
+        what: &'static str,
+        #[source]
+        source: weft_kernel::KernelError,
+    },
+    /// A file the agent keeps (the conflist, subnet allocations).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("configuration: {0}")]

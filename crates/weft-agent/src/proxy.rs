@@ -328,14 +328,15 @@ impl ServiceProxy {
             recompiled: next.len(),
             ..SyncStats::default()
         };
-        if let Some(script) = after.diff_script(&before) {
-            if script.starts_with("add table") {
-                // A declaration changed: only the whole table will do.
-                return self.full(state);
+        match after.diff(&before) {
+            // A declaration changed: only the whole table will do.
+            Some(weft_model::nftdoc::Diff::Whole(_)) => return self.full(state),
+            Some(weft_model::nftdoc::Diff::Delta(script)) => {
+                stats.sent = true;
+                stats.lines = script.lines().count();
+                self.apply_small(&script)?;
             }
-            stats.sent = true;
-            stats.lines = script.lines().count();
-            self.apply_small(&script)?;
+            None => {}
         }
         for (k, f) in next {
             if let Some(f) = f {
@@ -360,9 +361,10 @@ impl ServiceProxy {
 
 impl ServiceProxy {
     fn apply_small(&mut self, script: &str) -> Result<(), AgentError> {
-        self.nft
-            .apply(script)
-            .map_err(|e| AgentError::Kernel(format!("Service rules: {e}")))
+        self.nft.apply(script).map_err(|source| AgentError::Kernel {
+            what: "Service rules",
+            source,
+        })
     }
 
     /// The proxy's nft session, for the agent's other small rulesets: one
@@ -373,7 +375,10 @@ impl ServiceProxy {
 }
 
 fn apply(script: &str) -> Result<(), AgentError> {
-    weft_kernel::nft::apply(script).map_err(|e| AgentError::Kernel(format!("Service rules: {e}")))
+    weft_kernel::nft::apply(script).map_err(|source| AgentError::Kernel {
+        what: "Service rules",
+        source,
+    })
 }
 
 fn flush(filters: Vec<UdpFilter>) -> usize {

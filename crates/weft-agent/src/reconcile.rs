@@ -50,8 +50,8 @@ pub const BIG_TCP_SIZE: u32 = 196_608;
 /// The pod bridge the conflist names.
 pub const BRIDGE: &str = "weft0";
 
-fn err(what: &str) -> impl Fn(weft_kernel::KernelError) -> AgentError + '_ {
-    move |e| AgentError::Kernel(format!("{what}: {e}"))
+fn err(what: &'static str) -> impl Fn(weft_kernel::KernelError) -> AgentError {
+    move |source| AgentError::Kernel { what, source }
 }
 
 impl Reconciler {
@@ -148,7 +148,10 @@ impl Reconciler {
                     .first()
                     .ok_or_else(|| AgentError::Config("no cluster CIDR".into()))?;
                 a.ensure(&cfg.node_name, cluster, cfg.node_prefix, &state)
-                    .map_err(|e| AgentError::Kernel(format!("allocate pod subnet: {e}")))?;
+                    .map_err(|source| AgentError::Io {
+                        what: "allocate pod subnet",
+                        source,
+                    })?;
             }
             overlay(&mut state, &a.read());
         }
@@ -221,8 +224,12 @@ impl Reconciler {
         let gso = self.pod_gso(underlay_index, tunnel);
         let conflist = conflist(&cfg, &me.pod_cidrs, mtu, gso);
         if self.last_conflist.as_deref() != Some(&conflist) {
-            write_atomic(&cfg.cni_conf_dir.join(&cfg.cni_conf_name), &conflist)
-                .map_err(|e| AgentError::Kernel(format!("write conflist: {e}")))?;
+            write_atomic(&cfg.cni_conf_dir.join(&cfg.cni_conf_name), &conflist).map_err(
+                |source| AgentError::Io {
+                    what: "write conflist",
+                    source,
+                },
+            )?;
             self.last_conflist = Some(conflist);
         }
         self.metrics
@@ -249,7 +256,12 @@ impl Reconciler {
                     .map_err(err("pod bridge"))?;
                 let mac: [u8; 6] = weft_kernel::net::parse_mac(&link.mac)
                     .and_then(|m| m.try_into().ok())
-                    .ok_or_else(|| AgentError::Kernel(format!("{BRIDGE}: bad MAC {}", link.mac)))?;
+                    .ok_or_else(|| {
+                        err("pod bridge")(weft_kernel::KernelError::Other(format!(
+                            "{BRIDGE}: bad MAC {}",
+                            link.mac
+                        )))
+                    })?;
                 self.net
                     .set_mac(link.index, &mac)
                     .map_err(err("pin bridge MAC"))?;

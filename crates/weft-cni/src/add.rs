@@ -674,8 +674,10 @@ fn apply_nat(nat: &PodNat) -> Result<(), CniError> {
 }
 
 fn nat_err(e: weft_kernel::KernelError) -> CniError {
+    use weft_kernel::error::NftFailure;
+    let busy = matches!(e.nft_failure(), Some(NftFailure::Busy | NftFailure::Exists));
     let s = e.to_string();
-    if s.contains("busy") || s.contains("exists") {
+    if busy {
         CniError::new(Code::Internal, format!("hostPort already in use: {s}"))
     } else {
         CniError::new(Code::Internal, format!("nftables: {s}"))

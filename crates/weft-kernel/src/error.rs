@@ -14,13 +14,61 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
-    #[error("nft: {0}")]
-    Nft(String),
+    #[error("nft: {message}")]
+    Nft {
+        failure: NftFailure,
+        message: String,
+    },
     #[error("{0}")]
     Other(String),
 }
 
+/// What an `nft` failure means. The binary reports only text, so it is
+/// read once, here, where nft's message arrives; callers branch on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftFailure {
+    /// A table, chain, set or element named does not exist (ENOENT).
+    Missing,
+    /// Something added already exists (EEXIST).
+    Exists,
+    /// Something deleted is still in use (EBUSY).
+    Busy,
+    Other,
+}
+
+impl NftFailure {
+    fn of(message: &str) -> NftFailure {
+        // nft prints strerror() of the kernel's answer.
+        if message.contains("No such file or directory") {
+            NftFailure::Missing
+        } else if message.contains("File exists") {
+            NftFailure::Exists
+        } else if message.contains("Device or resource busy") {
+            NftFailure::Busy
+        } else {
+            NftFailure::Other
+        }
+    }
+}
+
 impl KernelError {
+    /// An `nft` failure from its message.
+    pub fn nft(message: impl Into<String>) -> Self {
+        let message = message.into();
+        KernelError::Nft {
+            failure: NftFailure::of(&message),
+            message,
+        }
+    }
+
+    /// What an `nft` failure means; None for other errors.
+    pub fn nft_failure(&self) -> Option<NftFailure> {
+        match self {
+            KernelError::Nft { failure, .. } => Some(*failure),
+            _ => None,
+        }
+    }
+
     pub fn io(op: impl Into<String>, source: io::Error) -> Self {
         KernelError::Io {
             op: op.into(),

@@ -47,15 +47,15 @@ pub fn apply(script: &str) -> Result<(), KernelError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(KernelError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(KernelError::nft(
+            String::from_utf8_lossy(&out.stderr).trim(),
         ))
     }
 }
 
-/// Whether an nft failure means a table or set does not exist.
+/// Whether an nft failure means a table, set or element does not exist.
 pub fn is_missing(e: &KernelError) -> bool {
-    matches!(e, KernelError::Nft(m) if m.contains("No such file or directory"))
+    e.nft_failure() == Some(crate::error::NftFailure::Missing)
 }
 
 /// Whether `table <family> <name>` exists. `nft list tables` prints names
@@ -69,8 +69,8 @@ pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
         .output()
         .map_err(|e| KernelError::io("exec nft", e))?;
     if !out.status.success() {
-        return Err(KernelError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        return Err(KernelError::nft(
+            String::from_utf8_lossy(&out.stderr).trim(),
         ));
     }
     let want = format!("table {family} {name}");
@@ -90,7 +90,7 @@ pub fn sweep_guard() -> Result<usize, KernelError> {
         .output()
         .map_err(|e| KernelError::io("exec nft", e))?;
     if !out.status.success() {
-        let e = KernelError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
         return if is_missing(&e) { Ok(0) } else { Err(e) };
     }
     // A netlink handle only when some element looks stale (most sweeps
@@ -120,7 +120,7 @@ pub fn counters(family: &str, name: &str) -> Result<Vec<(String, u64, u64)>, Ker
         .output()
         .map_err(|e| KernelError::io("exec nft", e))?;
     if !out.status.success() {
-        let e = KernelError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
         return if is_missing(&e) {
             Ok(Vec::new())
         } else {
@@ -264,7 +264,7 @@ impl NftSession {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.out.recv_timeout(left) {
                 Ok(chunk) => buf.extend_from_slice(&chunk),
-                Err(_) => return Err(KernelError::Nft("nft -i did not answer".into())),
+                Err(_) => return Err(KernelError::nft("nft -i did not answer")),
             }
             let text = String::from_utf8_lossy(&buf);
             if text.contains("table inet weft-session {") && text.trim_end().ends_with('}') {
@@ -275,7 +275,7 @@ impl NftSession {
         if err.is_empty() {
             Ok(())
         } else {
-            Err(KernelError::Nft(err))
+            Err(KernelError::nft(err))
         }
     }
 }

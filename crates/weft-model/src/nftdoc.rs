@@ -114,8 +114,10 @@ impl Table {
 
     /// The transaction that turns `prev` (what was last applied) into
     /// `self`, or `None` when they are the same. A changed declaration of a
-    /// set or base chain is rare and falls back to the full script.
-    pub fn diff_script(&self, prev: &Table) -> Option<String> {
+    /// set or base chain is rare and falls back to the full script
+    /// (`Diff::Whole`), which an applier may prefer to rebuild from its
+    /// whole state.
+    pub fn diff(&self, prev: &Table) -> Option<Diff> {
         if self == prev {
             return None;
         }
@@ -128,7 +130,7 @@ impl Table {
                 .iter()
                 .any(|(n, c)| prev.chains.get(n).is_some_and(|p| p.decl != c.decl));
         if changed_decl || self.family != prev.family || self.name != prev.name {
-            return Some(self.full_script());
+            return Some(Diff::Whole(self.full_script()));
         }
         let t = self.prefix();
         let mut s = String::new();
@@ -212,7 +214,29 @@ impl Table {
         {
             let _ = writeln!(s, "delete {} {t} {n}", set_kind(d));
         }
-        Some(s)
+        Some(Diff::Delta(s))
+    }
+
+    /// `diff` as a script, whichever kind it is.
+    pub fn diff_script(&self, prev: &Table) -> Option<String> {
+        self.diff(prev).map(Diff::into_script)
+    }
+}
+
+/// What `Table::diff` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Diff {
+    /// A declaration changed: the table is replaced whole.
+    Whole(String),
+    /// Only what changed.
+    Delta(String),
+}
+
+impl Diff {
+    pub fn into_script(self) -> String {
+        match self {
+            Diff::Whole(s) | Diff::Delta(s) => s,
+        }
     }
 }
 
@@ -334,6 +358,6 @@ mod tests {
             "pre",
             "type nat hook prerouting priority -90; policy accept;",
         );
-        assert!(n.diff_script(&base()).unwrap().contains("delete table"));
+        assert!(matches!(n.diff(&base()), Some(Diff::Whole(s)) if s.contains("delete table")));
     }
 }
