@@ -435,7 +435,7 @@ fn setup(
         // An optimisation only: a node whose /sys cannot be written (or
         // shows another namespace) still gets a working pod.
         if let Err(e) = weft_kernel::rps::spread(Path::new("/sys"), &host_veth, hv.index) {
-            eprintln!("weft-cni: {host_veth}: receive packet steering not set: {e}");
+            tracing::warn!(link = %host_veth, error = %e, "receive packet steering not set");
         }
     }
     if let Some(g) = conf.gso_ipv4_max_size {
@@ -451,7 +451,7 @@ fn setup(
             let want = br.as_ref().map_or(0, |b| g.min(b.tso_max));
             if br.is_some_and(|b| b.gso_ipv4_max < want) {
                 if let Err(e) = host.set_gso_ipv4_max(bridge.index, want) {
-                    eprintln!("weft-cni: {}: GSO size not raised: {e}", conf.bridge_name());
+                    tracing::warn!(bridge = conf.bridge_name(), error = %e, "GSO size not raised");
                 }
             }
         }

@@ -49,7 +49,7 @@ pub fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         }
     }
     for d in &doubts {
-        eprintln!("weft-cni: GC: {d}");
+        tracing::warn!(problem = %d, "GC");
     }
     if !failed.is_empty() {
         failed.extend(doubts);
@@ -136,7 +136,7 @@ fn sweep(
             if r.holder == Holder::NotAFile {
                 // Neither host-local nor weft makes one, and host-local
                 // passes over them too: not a reservation, not an error.
-                eprintln!("weft-cni: GC: {ip} in the IPAM directory is not a file; skipped");
+                tracing::warn!(%ip, "GC: not a file in the IPAM directory; skipped");
                 continue;
             }
             if valid.iter().any(|(id, ifname)| r.holder.is(id, ifname)) {

@@ -26,16 +26,35 @@ pub struct Output {
 }
 
 pub fn run(env: &Env, stdin: &[u8]) -> Output {
+    // Every log line of this call names the attachment and its pod. The
+    // span is at error level so that it is on whenever any line is logged
+    // (the default level is warn).
+    let args = env
+        .args
+        .as_deref()
+        .and_then(|a| weft_core::cni::CniArgs::parse(a).ok())
+        .unwrap_or_default();
+    let span = tracing::error_span!(
+        "cni",
+        command = env.command.as_deref().unwrap_or(""),
+        container_id = env.container_id.as_deref().unwrap_or(""),
+        namespace = args.k8s_pod_namespace.as_deref().unwrap_or(""),
+        pod = args.k8s_pod_name.as_deref().unwrap_or(""),
+    );
+    let _in = span.enter();
     // Nothing below may panic its way out: a panic would leave the runtime
     // with no JSON at all. Catch it and report it as an error instead.
     let r = std::panic::catch_unwind(|| dispatch(env, stdin));
     let requested = requested_version(stdin);
     match r {
         Ok(Ok(stdout)) => Output { ok: true, stdout },
-        Ok(Err(e)) => Output {
-            ok: false,
-            stdout: Some(e.to_json(&requested)),
-        },
+        Ok(Err(e)) => {
+            tracing::warn!(code = e.code as u32, msg = %e.msg, "failed");
+            Output {
+                ok: false,
+                stdout: Some(e.to_json(&requested)),
+            }
+        }
         Err(_) => Output {
             ok: false,
             stdout: Some(

@@ -221,3 +221,37 @@ fn version_and_status_answer_with_one_document() {
     let r = raw(&node, "FROB", &[], &conf.to_string());
     assert_eq!(code_and_msg(&r).0, 4);
 }
+
+/// Logs never reach stdout (only the result or error JSON does): they go to
+/// stderr, or to `WEFT_CNI_LOG_FILE`, each line naming the attachment and
+/// its pod.
+#[test]
+fn logs_go_to_stderr_or_a_file_with_the_pod_named() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;IgnoreUnknown=1";
+    // A netns that does not exist: the ADD fails, and says so in a log line.
+    let env = [
+        ("CNI_CONTAINERID", pod.id.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", "/var/run/netns/weft-no-such-netns"),
+        ("CNI_ARGS", args),
+    ];
+    let r = raw(&node, "ADD", &env, &conf.to_string());
+    assert!(!r.success);
+    r.json(); // stdout is exactly one JSON document
+    for want in ["container_id=", "namespace=\"shop\"", "pod=\"web-0\"", "failed"] {
+        assert!(r.stderr.contains(want), "{want} not in stderr: {}", r.stderr);
+    }
+    let tmp = TempDir::new("cnilog");
+    let file = tmp.0.join("weft-cni.log");
+    let file_s = file.to_string_lossy().to_string();
+    let mut env = env.to_vec();
+    env.push(("WEFT_CNI_LOG_FILE", file_s.as_str()));
+    let r = raw(&node, "ADD", &env, &conf.to_string());
+    r.json();
+    let logged = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(logged.contains("pod=\"web-0\""), "{logged}");
+    assert!(!r.stderr.contains("web-0"), "{}", r.stderr);
+}
