@@ -25,20 +25,30 @@
 
 pub mod cni_client;
 pub mod dns;
+mod kubelet;
+mod lb;
+mod scheduler;
 pub mod state;
+mod status;
+mod store;
 mod topo;
 
 use cni_client::{Attachment, CniRuntime};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, Pod, PodIP};
+use kubelet::{pod_log_path, start_pod, stop_pod};
+use lb::{assign_lb_ip, lb_ips_of, route_lb_ips};
 use nix::fcntl::{Flock, FlockArg};
+use scheduler::schedule;
 use serde_json::{json, Value};
 use state::{LabState, NodeState, PodState};
+pub use status::render_status;
 use std::fs::{self, File, OpenOptions};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use store::{check_duplicates, cluster_state, lock, manifest_path, store, unstore};
 use topo::{create_netns, ipn, kill_group, remove_netns};
 use weft_model::manifest::{self, ManifestError};
 use weft_model::Object;
@@ -123,54 +133,6 @@ pub fn validate_lab_name(n: &str) -> Result<(), LabError> {
             "lab name {n:?}: use 1-32 lower-case letters, digits or '-'"
         )))
     }
-}
-
-/// Serialises lab commands on one lab (an `apply` racing a `down`).
-fn lock(dir: &Path) -> Result<Flock<File>, LabError> {
-    fs::create_dir_all(dir).map_err(|e| msg(format!("create {}: {e}", dir.display())))?;
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .map_err(|e| msg(format!("lock: {e}")))?;
-    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| msg(format!("lock: {e}")))
-}
-
-fn write_file(p: &Path, text: &str) -> Result<(), LabError> {
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).map_err(|e| msg(format!("create {}: {e}", d.display())))?;
-    }
-    // Rename into place: the agents' watcher sees whole files only.
-    let tmp = p.with_extension("tmp");
-    fs::write(&tmp, text)
-        .and_then(|_| fs::rename(&tmp, p))
-        .map_err(|e| msg(format!("write {}: {e}", p.display())))
-}
-
-/// Where the lab keeps an object's manifest in the cluster directory.
-fn manifest_path(dir: &Path, o: &Object) -> PathBuf {
-    let k = o.key();
-    let file = if k.namespace.is_empty() {
-        format!("{}.yaml", k.name)
-    } else {
-        format!("{}.{}.yaml", k.namespace, k.name)
-    };
-    dir.join("cluster")
-        .join(k.kind.to_ascii_lowercase())
-        .join(file)
-}
-
-fn store(dir: &Path, o: &Object) -> Result<(), LabError> {
-    let text = o
-        .to_yaml()
-        .map_err(|e| msg(format!("serialise {}: {e}", o.key())))?;
-    // k8s-openapi writes apiVersion and kind itself.
-    write_file(&manifest_path(dir, o), &text)
-}
-
-fn unstore(dir: &Path, o: &Object) {
-    let _ = fs::remove_file(manifest_path(dir, o));
 }
 
 impl LabState {
@@ -295,26 +257,6 @@ pub fn up(env: &LabEnv, opts: &UpOptions) -> Result<LabState, LabError> {
         return Err(e);
     }
     Ok(st)
-}
-
-fn check_duplicates(objs: &[Object]) -> Result<(), LabError> {
-    let mut seen = std::collections::HashSet::new();
-    for o in objs {
-        if !seen.insert(o.key()) {
-            return Err(msg(format!("{} appears twice in the manifests", o.key())));
-        }
-    }
-    Ok(())
-}
-
-/// The cluster as stored, for allocating against it (as an API server
-/// would against etcd).
-fn cluster_state(dir: &Path) -> weft_model::ClusterState {
-    let mut cluster = weft_model::ClusterState::default();
-    for o in manifest::load(&dir.join("cluster")).unwrap_or_default() {
-        cluster.apply(o);
-    }
-    cluster
 }
 
 /// Each node's pod subnet size: the agent's default `--node-subnet-size`.
@@ -453,230 +395,6 @@ fn wait_ready(dir: &Path, node: &str) -> Result<(), LabError> {
     )))
 }
 
-fn schedule(st: &LabState, pod: &Pod) -> Result<String, LabError> {
-    if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
-        return st.node(&n).map(|n| n.name.clone()).ok_or_else(|| {
-            msg(format!(
-                "pod {}: spec.nodeName {n:?} is not a node of this lab",
-                key(pod)
-            ))
-        });
-    }
-    st.nodes
-        .iter()
-        .min_by_key(|n| {
-            (
-                st.pods.iter().filter(|p| p.node == n.name).count(),
-                n.name.clone(),
-            )
-        })
-        .map(|n| n.name.clone())
-        .ok_or_else(|| msg("no nodes to schedule on"))
-}
-
-fn key(p: &Pod) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or("default"),
-        p.metadata.name.as_deref().unwrap_or("")
-    )
-}
-
-fn runtime(env: &LabEnv, node_netns: &str) -> CniRuntime {
-    CniRuntime {
-        plugin_dirs: env.plugin_dirs.clone(),
-        netns: Some(node_netns.to_string()),
-    }
-}
-
-fn start_pod(env: &LabEnv, st: &LabState, dir: &Path, pod: &Pod) -> Result<PodState, LabError> {
-    let ns = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let node = schedule(st, pod)?;
-    let node_netns = st.node(&node).map(|n| n.netns.clone()).unwrap_or_default();
-    let netns = format!("weft-{}.{ns}.{name}", st.name);
-    let container_id = format!("{}.{ns}.{name}", st.name);
-    let conflist: Value = fs::read_to_string(conflist_path(dir, &node))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .ok_or_else(|| msg(format!("node {node} has no CNI configuration yet")))?;
-    create_netns(&netns)?;
-    // The kubelet's resolv.conf, in place before anything runs in the pod.
-    if let Err(e) = dns::write_resolv_conf(&env.etc_netns, &netns, pod) {
-        let _ = remove_netns(&netns);
-        return Err(e);
-    }
-    let netns_path = PathBuf::from("/run/netns").join(&netns);
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id}");
-    let rc = json!({ "portMappings": port_mappings(pod) });
-    let att = Attachment {
-        container_id: &container_id,
-        netns: &netns_path,
-        ifname: "eth0",
-        args: &args,
-        runtime_config: &rc,
-    };
-    let result = match runtime(env, &node_netns).add(&conflist, &att) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = remove_netns(&netns);
-            let _ = dns::remove_netns_etc(&env.etc_netns, &netns);
-            return Err(msg(format!("pod {ns}/{name}: {e}")));
-        }
-    };
-    let ips: Vec<String> = result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str())
-        .map(|a| a.split('/').next().unwrap_or(a).to_string())
-        .collect();
-    let mut ps = PodState {
-        namespace: ns.clone(),
-        name: name.clone(),
-        node: node.clone(),
-        netns,
-        container_id,
-        ips,
-        pid: None,
-        result,
-        conflist,
-    };
-    let c = pod.spec.as_ref().and_then(|s| s.containers.first());
-    let mut argv: Vec<String> = c
-        .map(|c| {
-            c.command
-                .iter()
-                .flatten()
-                .chain(c.args.iter().flatten())
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if argv.is_empty() {
-        // No image means no entrypoint: the pod's namespace just stays up.
-        argv = vec!["sleep".into(), "infinity".into()];
-    }
-    // The lab restarts a pod's command only when the manifest says
-    // restartPolicy: Always outright (the cluster DNS does), so a user
-    // pod's command that exits stays exited, as it always has here.
-    if pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Always") {
-        let mut looped: Vec<String> = vec![
-            "sh".into(),
-            "-c".into(),
-            r#"while :; do "$@"; sleep 0.3; done"#.into(),
-            "sh".into(),
-        ];
-        looped.extend(argv);
-        argv = looped;
-    }
-    let log_path = pod_log_path(dir, &ns, &name);
-    let started = (|| {
-        fs::create_dir_all(dir.join("logs")).map_err(|e| msg(e.to_string()))?;
-        let log = File::create(&log_path)
-            .map_err(|e| msg(format!("create {}: {e}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(|e| msg(e.to_string()))?;
-        Command::new("ip")
-            .args(["netns", "exec", &ps.netns, "setsid"])
-            .args(&argv)
-            .env("POD_NAME", &name)
-            .env("POD_NAMESPACE", &ns)
-            .env("POD_IP", ps.ips.first().cloned().unwrap_or_default())
-            .env("NODE_NAME", &node)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| msg(format!("pod {ns}/{name}: start {argv:?}: {e}")))
-    })();
-    match started {
-        Ok(c) => ps.pid = Some(c.id()),
-        Err(e) => {
-            let _ = stop_pod(env, st, dir, &ps);
-            return Err(e);
-        }
-    }
-    // Publish the pod as the API server would after the kubelet reports.
-    let mut p = pod.clone();
-    p.metadata.namespace = Some(ns);
-    p.spec.get_or_insert_with(Default::default).node_name = Some(node);
-    let status = p.status.get_or_insert_with(Default::default);
-    status.phase = Some("Running".into());
-    status.pod_ip = ps.ips.first().cloned();
-    status.pod_ips = Some(ps.ips.iter().map(|i| PodIP { ip: i.clone() }).collect());
-    status.host_ip = st.node(&ps.node).map(|n| n.ip.to_string());
-    store(dir, &Object::Pod(std::sync::Arc::new(p)))?;
-    Ok(ps)
-}
-
-fn pod_log_path(dir: &Path, ns: &str, name: &str) -> PathBuf {
-    dir.join("logs").join(format!("{ns}_{name}.log"))
-}
-
-/// The containers' hostPorts as the kubelet hands them to CNI
-/// (`runtimeConfig.portMappings`); DEL needs none, since weft-cni keeps
-/// what it set up in its record.
-fn port_mappings(pod: &Pod) -> Vec<Value> {
-    pod.spec
-        .iter()
-        .flat_map(|s| &s.containers)
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let host_port = p.host_port?;
-            let mut m = json!({
-                "hostPort": host_port,
-                "containerPort": p.container_port,
-                "protocol": p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-            });
-            if let Some(ip) = &p.host_ip {
-                m["hostIP"] = ip.clone().into();
-            }
-            Some(m)
-        })
-        .collect()
-}
-
-fn pod_object(ps: &PodState) -> Object {
-    let mut p = Pod::default();
-    p.metadata.name = Some(ps.name.clone());
-    p.metadata.namespace = Some(ps.namespace.clone());
-    Object::Pod(std::sync::Arc::new(p))
-}
-
-fn stop_pod(env: &LabEnv, st: &LabState, dir: &Path, ps: &PodState) -> Result<(), LabError> {
-    if let Some(pid) = ps.pid {
-        kill_group(pid);
-    }
-    unstore(dir, &pod_object(ps));
-    let netns_path = PathBuf::from("/run/netns").join(&ps.netns);
-    let rc = json!({});
-    let att = Attachment {
-        container_id: &ps.container_id,
-        netns: &netns_path,
-        ifname: "eth0",
-        args: "IgnoreUnknown=1",
-        runtime_config: &rc,
-    };
-    let node_netns = st
-        .node(&ps.node)
-        .map(|n| n.netns.clone())
-        .unwrap_or_default();
-    let del = if topo::netns_exists(&node_netns) {
-        runtime(env, &node_netns).del(&ps.conflist, &att, Some(&ps.result))
-    } else {
-        Ok(())
-    };
-    let rm = remove_netns(&ps.netns);
-    let etc = dns::remove_netns_etc(&env.etc_netns, &ps.netns);
-    del.map_err(|e| msg(format!("pod {}/{}: {e}", ps.namespace, ps.name)))?;
-    rm?;
-    etc
-}
-
 fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Result<(), LabError> {
     let mut errors = Vec::new();
     let pods: Vec<PodState> = st.pods.iter().filter(|p| p.node == name).cloned().collect();
@@ -717,85 +435,6 @@ fn remove_node(env: &LabEnv, st: &mut LabState, dir: &Path, name: &str) -> Resul
     } else {
         Err(msg(errors.join("\n")))
     }
-}
-
-/// The lab's stand-in for a cloud load balancer: LoadBalancer Services get
-/// an address from this range in status.loadBalancer.ingress, and the
-/// external host routes it to the nodes (ECMP over all of them).
-const LB_POOL: &str = "172.30.1.0/24";
-
-fn lb_ips_of(s: &k8s_openapi::api::core::v1::Service) -> Vec<String> {
-    s.status
-        .as_ref()
-        .and_then(|st| st.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.clone())
-        .collect()
-}
-
-fn assign_lb_ip(
-    svc: &mut k8s_openapi::api::core::v1::Service,
-    previous: Option<&k8s_openapi::api::core::v1::Service>,
-    cluster: &weft_model::ClusterState,
-) {
-    let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-    if !is_lb || !lb_ips_of(svc).is_empty() {
-        return;
-    }
-    let kept = previous.map(lb_ips_of).unwrap_or_default();
-    let ip = match kept.first() {
-        Some(ip) => ip.clone(),
-        None => {
-            let used: Vec<String> = cluster
-                .objects
-                .values()
-                .filter_map(|o| match o {
-                    Object::Service(s) => Some(lb_ips_of(s)),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let pool: IpNet = LB_POOL.parse().expect("constant");
-            match pool
-                .hosts()
-                .map(|h| h.to_string())
-                .find(|h| !used.contains(h))
-            {
-                Some(ip) => ip,
-                None => return, // pool exhausted: stays pending, as in a cloud
-            }
-        }
-    };
-    let status = svc.status.get_or_insert_with(Default::default);
-    status.load_balancer = Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
-        ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
-            ip: Some(ip),
-            ..Default::default()
-        }]),
-    });
-}
-
-/// Routes every LoadBalancer IP from the external host to all nodes.
-fn route_lb_ips(st: &LabState, dir: &Path) -> Result<(), LabError> {
-    let services = manifest::load(&dir.join("cluster/service")).unwrap_or_default();
-    let hops: Vec<String> = st.nodes.iter().map(|n| n.ip.to_string()).collect();
-    if hops.is_empty() {
-        return Ok(());
-    }
-    for o in services {
-        let Object::Service(s) = o else { continue };
-        for ip in lb_ips_of(&s) {
-            let mut args: Vec<String> = vec!["route".into(), "replace".into(), format!("{ip}/32")];
-            for h in &hops {
-                args.extend(["nexthop".into(), "via".into(), h.clone()]);
-            }
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            ipn(&st.external_netns, &a)?;
-        }
-    }
-    Ok(())
 }
 
 /// Changes the running lab the way `kubectl apply` changes a cluster; one
@@ -1103,181 +742,4 @@ pub fn exec(env: &LabEnv, name: &str, target: &str, argv: &[String]) -> Result<i
         .status()
         .map_err(|e| msg(format!("exec {}: {e}", argv[0])))?;
     Ok(s.code().unwrap_or(128))
-}
-
-/// Each node's pod subnet as its agent allocated or was given it.
-fn node_subnets(env: &LabEnv, st: &LabState) -> std::collections::BTreeMap<String, String> {
-    let dir = env.dir(&st.name);
-    let mut out: std::collections::BTreeMap<String, String> =
-        fs::read_to_string(dir.join("cluster/.weft/podcidrs.json"))
-            .ok()
-            .and_then(|t| {
-                serde_json::from_str::<std::collections::BTreeMap<String, Vec<String>>>(&t).ok()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.join(",")))
-            .collect();
-    for n in &st.nodes {
-        let p = dir.join("cluster/node").join(format!("{}.yaml", n.name));
-        if let Ok(objs) = fs::read_to_string(&p).map(|t| manifest::parse(&p, &t)) {
-            for o in objs.into_iter().flatten() {
-                if let Object::Node(node) = o {
-                    if let Some(c) = node
-                        .spec
-                        .clone()
-                        .and_then(|s| s.pod_cidrs)
-                        .filter(|c| !c.is_empty())
-                    {
-                        out.insert(n.name.clone(), c.join(","));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn table(rows: Vec<Vec<String>>) -> String {
-    let cols = rows.first().map(|r| r.len()).unwrap_or(0);
-    let w: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:w$}", w = w[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn alive(pid: Option<u32>) -> bool {
-    pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
-}
-
-/// The status text `weft lab status` prints.
-pub fn render_status(env: &LabEnv, st: &LabState) -> String {
-    let subnets = node_subnets(env, st);
-    let mut out = format!(
-        "lab {}  backend {}  cluster CIDR {}  underlay {}  external {}\n\n",
-        st.name, st.backend, st.cluster_cidr, st.underlay, st.external_ip
-    );
-    let dns_pod = st
-        .pods
-        .iter()
-        .find(|p| p.namespace == dns::DNS_NAMESPACE && p.name == dns::DNS_POD);
-    let dns_state = match dns_pod {
-        None => "absent",
-        Some(p) if !alive(p.pid) => "Exited",
-        Some(p) => match dns::http_get(&p.netns, dns::DNS_HTTP_PORT, "/ready") {
-            Some(r) if dns::status_ok(&r) => "Ready",
-            _ => "NotReady",
-        },
-    };
-    out.push_str(&format!(
-        "cluster DNS {} ({}/{} {dns_state})  upstream stub {}:53 ({})\n\n",
-        dns::CLUSTER_DNS_IP,
-        dns::DNS_NAMESPACE,
-        dns::DNS_POD,
-        st.external_ip,
-        if alive(st.upstream_dns_pid) {
-            "Running"
-        } else {
-            "Stopped"
-        }
-    ));
-    let mut nodes = vec![vec![
-        "NODE".into(),
-        "IP".into(),
-        "POD CIDR".into(),
-        "AGENT".into(),
-    ]];
-    for n in &st.nodes {
-        nodes.push(vec![
-            n.name.clone(),
-            n.ip.to_string(),
-            subnets.get(&n.name).cloned().unwrap_or_else(|| "-".into()),
-            if alive(n.agent_pid) {
-                "Running"
-            } else {
-                "Stopped"
-            }
-            .into(),
-        ]);
-    }
-    out.push_str(&table(nodes));
-    out.push('\n');
-    let mut pods = vec![vec![
-        "POD".into(),
-        "NODE".into(),
-        "IPS".into(),
-        "STATUS".into(),
-    ]];
-    for p in &st.pods {
-        pods.push(vec![
-            format!("{}/{}", p.namespace, p.name),
-            p.node.clone(),
-            p.ips.join(","),
-            if alive(p.pid) { "Running" } else { "Exited" }.into(),
-        ]);
-    }
-    out.push_str(&table(pods));
-    let services: Vec<k8s_openapi::api::core::v1::Service> =
-        manifest::load(&env.dir(&st.name).join("cluster/service"))
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::Service(s) => Some((*s).clone()),
-                _ => None,
-            })
-            .collect();
-    if !services.is_empty() {
-        out.push('\n');
-        let mut rows = vec![vec![
-            "SERVICE".into(),
-            "TYPE".into(),
-            "CLUSTER-IP".into(),
-            "PORTS".into(),
-            "EXTERNAL-IP".into(),
-        ]];
-        for s in services {
-            let lb = lb_ips_of(&s);
-            let spec = s.spec.unwrap_or_default();
-            let ports: Vec<String> = spec
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| match p.node_port {
-                    Some(n) => format!("{}:{n}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
-                    None => format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
-                })
-                .collect();
-            rows.push(vec![
-                format!(
-                    "{}/{}",
-                    s.metadata.namespace.unwrap_or_else(|| "default".into()),
-                    s.metadata.name.unwrap_or_default()
-                ),
-                spec.type_.unwrap_or_else(|| "ClusterIP".into()),
-                spec.cluster_ip.unwrap_or_default(),
-                ports.join(","),
-                {
-                    let mut e: Vec<String> = spec.external_ips.unwrap_or_default();
-                    e.extend(lb);
-                    if e.is_empty() {
-                        "-".into()
-                    } else {
-                        e.join(",")
-                    }
-                },
-            ]);
-        }
-        out.push_str(&table(rows));
-    }
-    out
 }

@@ -241,8 +241,17 @@ fn logs_go_to_stderr_or_a_file_with_the_pod_named() {
     let r = raw(&node, "ADD", &env, &conf.to_string());
     assert!(!r.success);
     r.json(); // stdout is exactly one JSON document
-    for want in ["container_id=", "namespace=\"shop\"", "pod=\"web-0\"", "failed"] {
-        assert!(r.stderr.contains(want), "{want} not in stderr: {}", r.stderr);
+    for want in [
+        "container_id=",
+        "namespace=\"shop\"",
+        "pod=\"web-0\"",
+        "failed",
+    ] {
+        assert!(
+            r.stderr.contains(want),
+            "{want} not in stderr: {}",
+            r.stderr
+        );
     }
     let tmp = TempDir::new("cnilog");
     let file = tmp.0.join("weft-cni.log");
