@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod reconcile;
+pub mod routing;
 
 use ipnet::IpNet;
 use metrics::Metrics;

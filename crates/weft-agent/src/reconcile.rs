@@ -50,7 +50,7 @@ pub const BIG_TCP_SIZE: u32 = 196_608;
 /// The pod bridge the conflist names.
 pub const BRIDGE: &str = "weft0";
 
-fn err(what: &'static str) -> impl Fn(weft_kernel::KernelError) -> AgentError {
+pub(crate) fn err(what: &'static str) -> impl Fn(weft_kernel::KernelError) -> AgentError {
     move |source| AgentError::Kernel { what, source }
 }
 
@@ -490,67 +490,12 @@ impl Reconciler {
                 })
             })
             .collect();
-        let have: BTreeSet<TaggedRoute> = self
-            .net
-            .tagged_routes()
-            .map_err(err("list routes"))?
-            .into_iter()
-            .collect();
-        for r in have.difference(&want) {
-            self.net.del_tagged_route(r).map_err(err("remove route"))?;
-            m.routes_removed.fetch_add(1, Relaxed);
-            tracing::info!(dst = %r.dst, "removed stale route");
-        }
-        // Neighbour and FDB entries go in before the routes that use them.
-        if let Some(vx) = vx_index {
-            let want_n: BTreeSet<(IpAddr, [u8; 6])> =
-                d.neighs.iter().map(|n| (n.ip, n.mac)).collect();
-            let have_n: BTreeSet<(IpAddr, [u8; 6])> = self
-                .net
-                .permanent_neighs(vx)
-                .map_err(err("list neighbours"))?
-                .into_iter()
-                .collect();
-            for (ip, _) in have_n.difference(&want_n) {
-                self.net
-                    .del_neigh(vx, *ip)
-                    .map_err(err("remove neighbour"))?;
-                m.neighs_removed.fetch_add(1, Relaxed);
-            }
-            for (ip, mac) in want_n.difference(&have_n) {
-                self.net
-                    .replace_neigh(vx, *ip, *mac)
-                    .map_err(err("set neighbour"))?;
-                m.neighs_set.fetch_add(1, Relaxed);
-            }
-            let want_f: BTreeSet<([u8; 6], IpAddr)> =
-                d.fdb.iter().map(|f| (f.mac, f.dst)).collect();
-            let have_f: BTreeSet<([u8; 6], IpAddr)> = self
-                .net
-                .vxlan_fdb(vx)
-                .map_err(err("list fdb"))?
-                .into_iter()
-                .collect();
-            for (mac, dst) in have_f.difference(&want_f) {
-                self.net
-                    .del_fdb(vx, *mac, *dst)
-                    .map_err(err("remove fdb"))?;
-                m.fdb_removed.fetch_add(1, Relaxed);
-            }
-            for (mac, dst) in want_f.difference(&have_f) {
-                self.net
-                    .replace_fdb(vx, *mac, *dst)
-                    .map_err(err("set fdb"))?;
-                m.fdb_set.fetch_add(1, Relaxed);
-            }
-        }
-        for r in want.difference(&have) {
-            self.net
-                .replace_tagged_route(r)
-                .map_err(err("install route"))?;
-            m.routes_added.fetch_add(1, Relaxed);
-            tracing::info!(dst = %r.dst, gw = ?r.gw, "installed route");
-        }
+        let overlay = vx_index.map(|dev| crate::routing::Overlay {
+            dev,
+            neighs: d.neighs.iter().map(|n| (n.ip, n.mac)).collect(),
+            fdb: d.fdb.iter().map(|f| (f.mac, f.dst)).collect(),
+        });
+        crate::routing::sync(&self.net, &want, overlay.as_ref(), m)?;
         Ok(vx_index)
     }
 }

@@ -16,5 +16,8 @@ pub mod nft_elements;
 pub mod overlay;
 pub mod rps;
 pub mod sysctl;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod traits;
 
 pub use error::KernelError;
