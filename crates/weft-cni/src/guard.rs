@@ -4,7 +4,9 @@
 //! them and an `nft` exec would cost each ADD ~2 ms.
 
 use std::net::IpAddr;
-use weft_core::nft::{IPGUARD_ND6, IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE};
+use weft_core::nft::{
+    IPGUARD_LAYOUT, IPGUARD_ND6, IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, TABLE,
+};
 use weft_kernel::nft_elements::{self, Family, Key, Op, SetElements};
 use weft_kernel::{nft, KernelError};
 
@@ -48,14 +50,18 @@ fn sets(g: &Guard) -> [SetElements; 4] {
 }
 
 /// Puts the pod's port under the check with its addresses. The first pod
-/// on a node (or the first after an upgrade that added a set) finds one
-/// missing and lays the skeleton first, which also refills the chain with
-/// this version's rules.
+/// on a node, or the first after an upgrade that changed the rules (the
+/// batch names the layout's version set, `IPGUARD_LAYOUT`, which an older
+/// table lacks), finds a set missing and lays the skeleton first, which
+/// also refills the chains with this version's rules, in one transaction.
 pub fn apply(g: &Guard) -> Result<(), KernelError> {
-    match nft_elements::apply(Family::Bridge, TABLE, Op::Add, &sets(g)) {
+    let add = || {
+        nft_elements::apply_requiring(Family::Bridge, TABLE, Op::Add, &sets(g), &[IPGUARD_LAYOUT])
+    };
+    match add() {
         Err(e) if e.errno() == Some(ENOENT) => {
             nft::apply(&weft_core::nft::skeleton())?;
-            nft_elements::apply(Family::Bridge, TABLE, Op::Add, &sets(g))
+            add()
         }
         r => r,
     }

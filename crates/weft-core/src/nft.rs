@@ -62,6 +62,16 @@ pub const IPGUARD_SRC6: &str = "ipsrc6";
 pub const IPGUARD_ND6: &str = "ndtarget6";
 /// The named counter of the frames the check dropped.
 pub const IPGUARD_DROPS: &str = "spoofed";
+/// An empty set whose name is the version of the bridge table's rules.
+/// weft-cni lays the table again only when writing elements fails on a
+/// missing set, so a change to the rules alone would never reach a node
+/// that already has the table: every element batch also names this set
+/// (with no elements), and a table of an older layout, which lacks it,
+/// fails the batch with ENOENT and is laid again (one `nft -f`
+/// transaction, which flushes and refills the chains). Bump the number
+/// with any change to the rules; a later layout should also remove this
+/// one (`add` then `delete`, in the skeleton).
+pub const IPGUARD_LAYOUT: &str = "rules_v2";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacSpoof {
@@ -183,17 +193,45 @@ pub fn skeleton() -> String {
         "add set bridge {t} {src6} {{ type iface_index . ipv6_addr; }}"
     );
     let _ = writeln!(s, "add set bridge {t} {nd6} {{ typeof iif . @th,64,128; }}");
+    let _ = writeln!(
+        s,
+        "add set bridge {t} {IPGUARD_LAYOUT} {{ type iface_index; }}"
+    );
     let _ = writeln!(s, "add counter bridge {t} {drops}");
     let _ = writeln!(s, "add chain bridge {t} ipguard");
     let _ = writeln!(s, "flush chain bridge {t} ipguard");
+    // The common case first, as one lookup in the base chain: a pod's
+    // IPv4 packet from its own address, or its IPv6 one that is not
+    // ICMPv6 (neighbour discovery and router messages are judged by what
+    // they claim, below), is accepted here without the jump and the
+    // port lookup (CPU time per packet, COST_RESULTS.md). A miss proves
+    // nothing either way (the port may not be checked at all) and falls
+    // through to the port lookup, which sends checked ports on. `accept`
+    // ends this base chain only, after the MAC check above, which every
+    // frame still meets.
+    let _ = writeln!(
+        s,
+        "add rule bridge {t} prerouting ether type ip iif . ip saddr @{src4} accept"
+    );
+    let _ = writeln!(
+        s,
+        "add rule bridge {t} prerouting ether type ip6 meta l4proto != ipv6-icmp iif . ip6 saddr @{src6} accept"
+    );
     let _ = writeln!(
         s,
         "add rule bridge {t} prerouting iif @{ports} jump ipguard"
     );
+    // What reaches the chain is from a checked port and was not accepted
+    // above: IPv4 from a source not the pod's, so it is not tried again.
     for rule in [
-        format!("ether type ip iif . ip saddr @{src4} return"),
         format!("ether type arp iif . arp saddr ip @{src4} return"),
         "ether type arp arp saddr ip 0.0.0.0 return".to_string(),
+        // A pod is nobody's router: a Router Advertisement would make its
+        // neighbours route through it (and take the prefixes it names),
+        // a Redirect would send one neighbour's traffic to it. Both come
+        // from link-local sources, which pass below, so they are dropped
+        // first.
+        format!("ether type ip6 icmpv6 type {{ nd-router-advert, nd-redirect }} counter name {drops} drop"),
         // Neighbour discovery is IPv6's ARP, but the address a message
         // claims is its target (at 8 bytes into the ICMPv6 header), not
         // its source, which is link-local and passes below. A neighbour
@@ -366,7 +404,11 @@ mod tests {
         let s = skeleton();
         for want in [
             "add set bridge weft-cni ipsrc4 { type iface_index . ipv4_addr; }",
+            "add rule bridge weft-cni prerouting ether type ip iif . ip saddr @ipsrc4 accept",
+            "add rule bridge weft-cni prerouting ether type ip6 meta l4proto != ipv6-icmp iif . ip6 saddr @ipsrc6 accept",
             "add rule bridge weft-cni prerouting iif @ipguard jump ipguard",
+            "add set bridge weft-cni rules_v2 { type iface_index; }",
+            "add rule bridge weft-cni ipguard ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } counter name spoofed drop",
             "add rule bridge weft-cni ipguard ether type arp iif . arp saddr ip @ipsrc4 return",
             "add rule bridge weft-cni ipguard counter name spoofed drop",
             "add set bridge weft-cni ndtarget6 { typeof iif . @th,64,128; }",
@@ -382,6 +424,13 @@ mod tests {
         let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle}"));
         assert!(at("nd-neighbor-advert") < at("ip6 saddr @ipsrc6 return"));
         assert!(at("nd-neighbor-solicit") < at("ip6 saddr { ::, fe80::/10 } return"));
+        assert!(at("nd-router-advert") < at("ip6 saddr { ::, fe80::/10 } return"));
+        // The fast path comes after the MAC check (which `accept` would
+        // otherwise skip) and before the jump; no IPv6 fast path for
+        // ICMPv6, whose claims the chain checks.
+        assert!(at("@macs drop") < at("@ipsrc4 accept"));
+        assert!(at("@ipsrc6 accept") < at("jump ipguard"));
+        assert!(!s.contains("ipguard ether type ip iif"));
     }
 
     fn pod() -> PodNat {
@@ -459,8 +508,8 @@ mod tests {
     fn skeleton_is_fixed() {
         let s = skeleton();
         assert!(s.starts_with("add table inet weft-cni\n"));
-        // 11 for NAT, hostPorts and macspoofchk; 9 for ipspoofchk (the
-        // jump, and the chain's eight).
-        assert_eq!(s.matches("add rule").count(), 20);
+        // 11 for NAT, hostPorts and macspoofchk; 11 for ipspoofchk (two
+        // fast paths, the jump, and the chain's eight).
+        assert_eq!(s.matches("add rule").count(), 22);
     }
 }

@@ -149,6 +149,22 @@ pub fn batch(
     sets: &[SetElements],
     seq0: u32,
 ) -> (Vec<u8>, Vec<u32>) {
+    batch_requiring(family, table, op, sets, &[], seq0)
+}
+
+/// [`batch`], and for each of `require` (with [`Op::Add`] only) a
+/// NEWSETELEM of no elements: the kernel looks the set up before it
+/// reads the (empty) list, so a missing one fails the whole batch with
+/// ENOENT, and one that exists changes nothing. Not for removal: a
+/// DELSETELEM without elements would flush the set.
+pub fn batch_requiring(
+    family: Family,
+    table: &str,
+    op: Op,
+    sets: &[SetElements],
+    require: &[&str],
+    seq0: u32,
+) -> (Vec<u8>, Vec<u32>) {
     let mut out = Vec::new();
     let mut acked = Vec::new();
     let mut seq = seq0;
@@ -165,7 +181,20 @@ pub fn batch(
         Op::Add => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK),
         Op::Remove => (NFT_MSG_DESTROYSETELEM, NLM_F_REQUEST | NLM_F_ACK),
     };
-    for s in sets.iter().filter(|s| !s.keys.is_empty()) {
+    let probes: Vec<SetElements> = match op {
+        Op::Add => require
+            .iter()
+            .map(|r| SetElements {
+                set: r.to_string(),
+                keys: Vec::new(),
+            })
+            .collect(),
+        Op::Remove => Vec::new(),
+    };
+    for s in probes
+        .iter()
+        .chain(sets.iter().filter(|s| !s.keys.is_empty()))
+    {
         seq += 1;
         let mut attrs = Vec::new();
         put_str(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, table);
@@ -206,6 +235,19 @@ pub fn batch(
 /// (ENOENT: the table or a set does not exist; the caller lays the
 /// skeleton and tries again).
 pub fn apply(family: Family, table: &str, op: Op, sets: &[SetElements]) -> Result<(), KernelError> {
+    apply_requiring(family, table, op, sets, &[])
+}
+
+/// [`apply`], failing with ENOENT (and changing nothing) when a set of
+/// `require` is missing (see [`batch_requiring`]); it checks them only
+/// when there are elements to add.
+pub fn apply_requiring(
+    family: Family,
+    table: &str,
+    op: Op,
+    sets: &[SetElements],
+    require: &[&str],
+) -> Result<(), KernelError> {
     if sets.iter().all(|s| s.keys.is_empty()) {
         return Ok(());
     }
@@ -218,7 +260,7 @@ pub fn apply(family: Family, table: &str, op: Op, sets: &[SetElements]) -> Resul
     sock.connect(&SocketAddr::new(0, 0))
         .map_err(io("connect"))?;
     let seq0 = std::process::id().wrapping_mul(1000);
-    let (msg, mut waiting) = batch(family, table, op, sets, seq0);
+    let (msg, mut waiting) = batch_requiring(family, table, op, sets, require, seq0);
     sock.send(&msg, 0).map_err(io("send"))?;
     let mut first_err: Option<i32> = None;
     let mut buf = vec![0u8; 8192];
@@ -300,5 +342,22 @@ mod tests {
         let end = &m[len..];
         assert_eq!(u16::from_ne_bytes(end[4..6].try_into().unwrap()), 0x11);
         assert_eq!(end.len(), 20);
+    }
+
+    #[test]
+    fn a_required_set_is_named_with_no_elements_on_add_only() {
+        let sets = [SetElements {
+            set: "a".into(),
+            keys: vec![vec![1, 2, 3, 4]],
+        }];
+        let (b, acked) = batch_requiring(Family::Bridge, "t", Op::Add, &sets, &["v2"], 7);
+        assert_eq!(acked, vec![8, 9]);
+        // The probe: table (8), set "v2\0" (8), an empty element list (4).
+        let m = &b[20..];
+        let len = u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, 20 + 8 + 8 + 4);
+        assert_eq!(&m[32..35], b"v2\0");
+        let (_, acked) = batch_requiring(Family::Bridge, "t", Op::Remove, &sets, &["v2"], 7);
+        assert_eq!(acked, vec![8]);
     }
 }

@@ -77,3 +77,34 @@ fn elements_go_in_and_out_as_nft_sees_them() {
 fn libc_enoent() -> i32 {
     2
 }
+
+/// A required set (weft-cni's rules version) is looked up but gets no
+/// elements: present, the batch goes through; missing, the whole batch
+/// fails with ENOENT, so the caller lays its tables again.
+#[test]
+fn a_required_set_that_is_missing_fails_the_batch() {
+    let ns = Netns::new("nftreq");
+    ns.ok("nft add table bridge t; nft add set bridge t ports '{ type iface_index; }'; nft add set bridge t v2 '{ type iface_index; }'");
+    let nn = NetNs::open(&ns.path()).unwrap();
+    let sets = vec![SetElements {
+        set: "ports".into(),
+        keys: vec![Key::new().ifindex(4243).build()],
+    }];
+    let s = sets.clone();
+    let e = nn
+        .run(move || nft_elements::apply_requiring(Family::Bridge, "t", Op::Add, &s, &["v3"]))
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc_enoent()), "{e}");
+    let listed = ns.ok("nft list table bridge t");
+    assert!(!listed.contains("4243"), "half a batch applied:\n{listed}");
+    let s = sets.clone();
+    nn.run(move || nft_elements::apply_requiring(Family::Bridge, "t", Op::Add, &s, &["v2"]))
+        .unwrap();
+    let listed = ns.ok("nft list set bridge t ports");
+    assert!(listed.contains("4243"), "{listed}");
+    let v2 = ns.ok("nft list set bridge t v2");
+    assert!(
+        !v2.contains("elements"),
+        "the required set got elements:\n{v2}"
+    );
+}

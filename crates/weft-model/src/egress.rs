@@ -64,28 +64,40 @@ pub fn ruleset(cluster_cidrs: &[IpNet], node_ips: &[IpAddr], vxlan_port: Option<
                 s,
                 "add chain inet {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}"
             );
-            if hook == "prerouting" {
-                // Only nodes speak VXLAN: the device takes any frame that
-                // reaches its port, and what is inside it (any source, any
-                // pod as destination) would be delivered as if a peer node
-                // had sent it. The port compare comes first, so other
-                // packets leave at one compare; the route lookup runs only
-                // for a foreign sender, so traffic to a pod's own UDP 8472
-                // still passes.
-                let _ = writeln!(
-                    s,
-                    "add rule inet {t} {chain} udp dport {port} ip saddr != @nodes4 fib daddr type local counter name {VXLAN_FOREIGN} drop"
-                );
-                let _ = writeln!(
-                    s,
-                    "add rule inet {t} {chain} udp dport {port} ip6 saddr != @nodes6 fib daddr type local counter name {VXLAN_FOREIGN} drop"
-                );
-            }
-            let _ = writeln!(
-                s,
-                "add rule inet {t} {chain} ip saddr @nodes4 ip daddr @nodes4 udp dport {port} notrack"
-            );
         }
+        // Every packet the node receives or forwards passes prerouting, so
+        // the hooked chain holds one rule with the cheapest test that
+        // singles out VXLAN (the UDP port: two compares); everything
+        // else leaves there. The rest runs only for UDP to the port.
+        let _ = writeln!(s, "add chain inet {t} vxlan-in");
+        let _ = writeln!(
+            s,
+            "add rule inet {t} notrack-pre udp dport {port} goto vxlan-in"
+        );
+        // Node to node: out of conntrack, and (the common case) done.
+        let _ = writeln!(
+            s,
+            "add rule inet {t} vxlan-in ip saddr @nodes4 ip daddr @nodes4 notrack return"
+        );
+        // Only nodes speak VXLAN: the device takes any frame that reaches
+        // its port, and what is inside it (any source, any pod as
+        // destination) would be delivered as if a peer node had sent it.
+        // A node's source passes; the route lookup runs only for a
+        // foreign sender, so traffic to a pod's own UDP port still passes
+        // (it is forwarded, not local).
+        for rule in [
+            "ip saddr @nodes4 return".to_string(),
+            "ip6 saddr @nodes6 return".to_string(),
+            format!("fib daddr type local counter name {VXLAN_FOREIGN} drop"),
+        ] {
+            let _ = writeln!(s, "add rule inet {t} vxlan-in {rule}");
+        }
+        // The port first here too: the address lookups then run only for
+        // VXLAN, not for every packet the node sends.
+        let _ = writeln!(
+            s,
+            "add rule inet {t} notrack-out udp dport {port} ip saddr @nodes4 ip daddr @nodes4 notrack"
+        );
     }
     s
 }
@@ -144,11 +156,14 @@ add rule inet weft egress ip6 saddr @cluster6 ip6 daddr != @cluster6 ip6 daddr !
 add element inet weft nodes4 { 172.30.0.11, 172.30.0.12 }
 add counter inet weft vxlan_foreign
 add chain inet weft notrack-pre { type filter hook prerouting priority -300; policy accept; }
-add rule inet weft notrack-pre udp dport 8472 ip saddr != @nodes4 fib daddr type local counter name vxlan_foreign drop
-add rule inet weft notrack-pre udp dport 8472 ip6 saddr != @nodes6 fib daddr type local counter name vxlan_foreign drop
-add rule inet weft notrack-pre ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 notrack
 add chain inet weft notrack-out { type filter hook output priority -300; policy accept; }
-add rule inet weft notrack-out ip saddr @nodes4 ip daddr @nodes4 udp dport 8472 notrack
+add chain inet weft vxlan-in
+add rule inet weft notrack-pre udp dport 8472 goto vxlan-in
+add rule inet weft vxlan-in ip saddr @nodes4 ip daddr @nodes4 notrack return
+add rule inet weft vxlan-in ip saddr @nodes4 return
+add rule inet weft vxlan-in ip6 saddr @nodes6 return
+add rule inet weft vxlan-in fib daddr type local counter name vxlan_foreign drop
+add rule inet weft notrack-out udp dport 8472 ip saddr @nodes4 ip daddr @nodes4 notrack
 ";
         assert_eq!(s, want);
     }

@@ -80,6 +80,70 @@ fn ipspoofchk_drops_packets_from_addresses_that_are_not_the_pods() {
     node.del(&b, &conf);
 }
 
+/// The bridge table as weft-cni laid it before its rules had a version
+/// (ef2c0a1): the same sets, but no `rules_v2`, and the check only
+/// behind the jump.
+const IPGUARD_V1: &str = "add table bridge weft-cni
+add set bridge weft-cni spoofchk { type ifname; }
+add set bridge weft-cni macs { type ifname . ether_addr; }
+add chain bridge weft-cni prerouting { type filter hook prerouting priority -300; policy accept; }
+add rule bridge weft-cni prerouting iifname @spoofchk iifname . ether saddr != @macs drop
+add set bridge weft-cni ipguard { type iface_index; }
+add set bridge weft-cni ipsrc4 { type iface_index . ipv4_addr; }
+add set bridge weft-cni ipsrc6 { type iface_index . ipv6_addr; }
+add set bridge weft-cni ndtarget6 { typeof iif . @th,64,128; }
+add counter bridge weft-cni spoofed
+add chain bridge weft-cni ipguard
+add rule bridge weft-cni prerouting iif @ipguard jump ipguard
+add rule bridge weft-cni ipguard ether type ip iif . ip saddr @ipsrc4 return
+add rule bridge weft-cni ipguard ether type arp iif . arp saddr ip @ipsrc4 return
+add rule bridge weft-cni ipguard ether type arp arp saddr ip 0.0.0.0 return
+add rule bridge weft-cni ipguard ether type ip6 iif . ip6 saddr @ipsrc6 return
+add rule bridge weft-cni ipguard ether type ip6 ip6 saddr { ::, fe80::/10 } return
+add rule bridge weft-cni ipguard counter name spoofed drop
+";
+
+/// Issue 17: a node that has the table from an older weft-cni gets this
+/// version's rules on the next ADD (its element batch names the rules'
+/// version set, which the old table lacks), once, and the check holds
+/// across the change.
+#[test]
+fn ipspoofchk_upgrades_an_older_table_on_the_next_add() {
+    let node = Node::new();
+    node.ns.ok(&format!("nft -f - <<'EOF'\n{IPGUARD_V1}EOF"));
+    let mut conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+    conf["ipspoofchk"] = json!(true);
+    let (a, b) = (Pod::new(), Pod::new());
+    let ra = node.add(&a, &conf);
+    let chain = |c: &str| {
+        node.ns
+            .ok(&format!("nft -a list chain bridge weft-cni {c}"))
+    };
+    let pre = chain("prerouting");
+    assert_eq!(pre.matches("@ipsrc4 accept").count(), 1, "{pre}");
+    assert_eq!(pre.matches("jump ipguard").count(), 1, "{pre}");
+    assert!(chain("ipguard").contains("nd-router-advert"));
+    node.ns.ok("nft list set bridge weft-cni rules_v2");
+    let elems = node.ns.ok("nft list set bridge weft-cni ipsrc4");
+    assert!(elems.contains(result_ips(&ra)[0].as_str()), "{elems}");
+    // The next ADD finds the version and writes elements only: the rules
+    // keep their handles.
+    let rb = node.add(&b, &conf);
+    assert_eq!(
+        chain("prerouting"),
+        pre,
+        "an up-to-date table was laid again"
+    );
+    let (ipa, ipb) = (&result_ips(&ra)[0], &result_ips(&rb)[0]);
+    a.ping(ipb);
+    a.ns.ok("ip addr add 10.1.0.201/32 dev eth0");
+    let o = a.ns.sh(&format!("ping -c1 -W1 -I 10.1.0.201 {ipb}"));
+    assert!(!o.status.success(), "a forged source address got through");
+    a.ns.ok(&format!("ping -c1 -W2 -I {ipa} {ipb}"));
+    node.del(&a, &conf);
+    node.del(&b, &conf);
+}
+
 #[test]
 fn mtu_applies_to_the_pod() {
     let node = Node::new();

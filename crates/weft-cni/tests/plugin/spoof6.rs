@@ -10,8 +10,10 @@ use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant};
 use weft_kernel::netns::NetNs;
 
+const RA: u8 = 134;
 const NS: u8 = 135;
 const NA: u8 = 136;
+const REDIRECT: u8 = 137;
 /// The NA's override flag: receivers replace the MAC they had.
 const OVERRIDE: u8 = 0x20;
 
@@ -134,6 +136,22 @@ fn heard(p: &Pod, act: impl FnOnce()) -> Vec<Vec<u8>> {
     out
 }
 
+/// A Router Advertisement: hop limit 64, a router lifetime of 1800 s.
+fn router_advert() -> Vec<u8> {
+    let mut m = vec![RA, 0, 0, 0, 64, 0];
+    m.extend_from_slice(&1800u16.to_be_bytes());
+    m.extend_from_slice(&[0; 8]);
+    m
+}
+
+/// A Redirect: traffic for `dst` should go to `target` (the sender).
+fn redirect(target: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut m = vec![REDIRECT, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&dst.octets());
+    m
+}
+
 /// Whether `msgs` holds a `kind` message for `target`.
 fn has(msgs: &[Vec<u8>], kind: u8, target: Ipv6Addr) -> bool {
     msgs.iter()
@@ -200,6 +218,26 @@ fn ipspoofchk_holds_ipv6_sources_and_neighbour_discovery_targets() {
         "pod b heard a DAD probe for its address"
     );
     assert!(spoofed(&node) > before, "the DAD probe was not counted");
+
+    // A pod is nobody's router: a Router Advertisement (from its
+    // link-local address, as a router sends it) and a Redirect that would
+    // send pod c's traffic for pod b through pod a are dropped and
+    // counted.
+    let before = spoofed(&node);
+    let got = heard(&c, || send(&a, ll, all, &router_advert()));
+    assert!(
+        !got.iter().any(|m| m.first() == Some(&RA)),
+        "pod c heard pod a's Router Advertisement"
+    );
+    assert!(spoofed(&node) > before, "the RA was not counted");
+    let before = spoofed(&node);
+    let llc = link_local(&c);
+    let got = heard(&c, || send(&a, ll, llc, &redirect(ll, ipb)));
+    assert!(
+        !got.iter().any(|m| m.first() == Some(&REDIRECT)),
+        "pod c heard pod a's Redirect"
+    );
+    assert!(spoofed(&node) > before, "the Redirect was not counted");
 
     // The same for pod a's own addresses pass: an advertisement (with a
     // MAC pod c then takes, so it is seen to arrive), one for a
