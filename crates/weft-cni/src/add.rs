@@ -517,13 +517,22 @@ fn setup(
         ensure_gateway(host, bridge.index, conf, alloc)?;
     }
 
-    // Before the pod's process runs: it is never without the check.
-    if conf.ipspoofchk {
+    // Before the pod's process runs: it is never without the checks.
+    let mac = spoof.as_ref().and_then(|m| mac6(&m.mac));
+    if conf.ipspoofchk || mac.is_some() {
         let g = crate::guard::Guard {
             ifindex: hv.index,
-            ips: alloc.ips.iter().map(|i| i.address.addr()).collect(),
+            ips: conf
+                .ipspoofchk
+                .then(|| alloc.ips.iter().map(|i| i.address.addr()).collect()),
+            mac,
         };
-        crate::guard::apply(&g).map_err(k("ipspoofchk"))?;
+        let what = if conf.ipspoofchk {
+            "ipspoofchk"
+        } else {
+            "macspoofchk"
+        };
+        crate::guard::apply(&g).map_err(k(what))?;
         done.guard = Some(g);
     }
     let nat = nat_plan(conf, alloc, spoof);
@@ -666,11 +675,16 @@ fn apply_nat(nat: &PodNat) -> Result<(), CniError> {
     match nft::apply(&elems) {
         Ok(()) => Ok(()),
         Err(e) if nft::is_missing(&e) => {
-            let full = weft_core::nft::skeleton() + &elems;
-            nft::apply(&full).map_err(nat_err)
+            nft::lay_skeleton().map_err(nat_err)?;
+            nft::apply(&elems).map_err(nat_err)
         }
         Err(e) => Err(nat_err(e)),
     }
+}
+
+/// A MAC as the record writes it, as the MAC check's key takes it.
+pub fn mac6(s: &str) -> Option<[u8; 6]> {
+    parse_mac(s)?.try_into().ok()
 }
 
 fn nat_err(e: weft_kernel::KernelError) -> CniError {

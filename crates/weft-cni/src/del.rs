@@ -2,7 +2,7 @@
 //! second DEL finds nothing and succeeds) and complete even when the netns
 //! is already gone, which is when the reference plugins leak.
 
-use crate::add::nat_plan;
+use crate::add::{mac6, nat_plan};
 use crate::env::Env;
 use crate::ipam::{self, Allocation};
 use crate::kernel_err;
@@ -146,10 +146,13 @@ fn nat_for(conf: &NetConf, ips: &[IpConfig]) -> PodNat {
 /// written) has its host end looked for under every name ADD may have
 /// given it.
 ///
-/// The anti-spoofing elements stay: they are keyed by the veth's ifindex,
-/// which no other link will have, and removing them would cost this DEL
-/// ~10 ms of waiting in the kernel (BENCHMARKS.md). GC and the agent sweep
-/// them in batches (`weft_kernel::nft::sweep_guard`).
+/// The address check's elements stay: they are keyed by the veth's
+/// ifindex, which no other link will have, and removing them would cost
+/// this DEL ~10 ms of waiting in the kernel (BENCHMARKS.md). GC and the
+/// agent sweep them in batches (`weft_kernel::nft::sweep_guard`). The MAC
+/// check's, rarer, go here as they always did, by the ifindex of the veth
+/// found under the recorded name; if it is gone already, so is what they
+/// would match, and the sweep takes them.
 pub fn teardown(record: &Record, errors: &mut Vec<String>) {
     if record.nat.per_pod() {
         remove_nat(&record.nat);
@@ -172,6 +175,7 @@ pub fn teardown(record: &Record, errors: &mut Vec<String>) {
     for (name, recorded) in named {
         match net.link_by_name(&name) {
             Ok(Some(l)) if owns(&l, id, ifname, recorded) => {
+                remove_mac_check(record, l.index);
                 if let Err(e) = net.del_link(l.index) {
                     errors.push(format!("delete {name}: {e}"));
                 }
@@ -179,6 +183,24 @@ pub fn teardown(record: &Record, errors: &mut Vec<String>) {
             Ok(_) => {}
             Err(e) => errors.push(format!("find {name}: {e}")),
         }
+    }
+}
+
+/// Takes the MAC check's elements of the recorded pod's port `ifindex`
+/// out. Not a DEL failure if that fails (a table of an older layout,
+/// whose name-keyed sets these keys do not fit): the link goes next, and
+/// what names it then is swept or dropped by the upgrade.
+fn remove_mac_check(record: &Record, ifindex: u32) {
+    let Some(mac) = record.nat.macspoof.as_ref().and_then(|m| mac6(&m.mac)) else {
+        return;
+    };
+    let g = crate::guard::Guard {
+        ifindex,
+        ips: None,
+        mac: Some(mac),
+    };
+    if let Err(e) = crate::guard::remove(&g) {
+        tracing::warn!(ifindex, error = %e, "macspoofchk elements not removed");
     }
 }
 
@@ -199,12 +221,6 @@ pub fn remove_nat(nat: &PodNat) {
             for hp in &nat.ports {
                 one(PodNat {
                     ports: vec![hp.clone()],
-                    ..Default::default()
-                });
-            }
-            if nat.macspoof.is_some() {
-                one(PodNat {
-                    macspoof: nat.macspoof.clone(),
                     ..Default::default()
                 });
             }

@@ -5,8 +5,8 @@
 //! the network's subnets go into `nets4`/`nets6` once, and traffic from them
 //! to anywhere else is masqueraded, which is what the reference plugin's
 //! per-pod rules amount to. So a pod with only ipMasq costs no nftables work
-//! at all after the first (and its DEL has nothing to remove); hostPorts and
-//! macspoofchk are per-pod elements, a few per ADD or DEL in one atomic
+//! at all after the first (and its DEL has nothing to remove); hostPorts
+//! are per-pod elements, a few per ADD or DEL in one atomic
 //! transaction, never a per-pod chain to leak. (Measured: the skeleton costs
 //! ~19 ms through `nft -f`, one element ~2 ms, and deleting one makes nft
 //! wait ~10 ms for an RCU grace period.)
@@ -36,7 +36,9 @@ pub struct PodNat {
     pub nets: Vec<IpNet>,
     pub ports: Vec<HostPort>,
     /// `macspoofchk`: frames entering the bridge from this host veth must
-    /// carry the container's MAC.
+    /// carry the container's MAC. Kept in the record so DEL can take the
+    /// elements out; they are written over netlink with the host veth's
+    /// ifindex (weft-cni's `guard`), not as text with the other elements.
     #[serde(default)]
     pub macspoof: Option<MacSpoof>,
 }
@@ -69,10 +71,19 @@ pub const IPGUARD_DROPS: &str = "spoofed";
 /// (with no elements), and a table of an older layout, which lacks it,
 /// fails the batch with ENOENT and is laid again (one `nft -f`
 /// transaction, which flushes and refills the chains). Bump the number
-/// with any change to the rules; a later layout should also remove this
-/// one (`add` then `delete`, in the skeleton).
-pub const IPGUARD_LAYOUT: &str = "rules_v2";
+/// with any change to the rules, and add the old one to `OLD_LAYOUTS`,
+/// which [`upgrade`] removes.
+pub const IPGUARD_LAYOUT: &str = "rules_v3";
+/// The versions before [`IPGUARD_LAYOUT`], which [`upgrade`] removes.
+const OLD_LAYOUTS: [&str; 1] = ["rules_v2"];
 
+/// `macspoofchk`'s ports (`type iface_index`): frames from them must
+/// carry the MAC [`MAC_SRC`] pairs them with. Keyed by ifindex like the
+/// `ipspoofchk` sets, so the check every frame meets is a 4-byte lookup
+/// (until `rules_v3` it was by name: a 16-byte load and hash per frame).
+pub const MAC_PORTS: &str = "spoofchk";
+/// Each such port's MAC (`type iface_index . ether_addr`).
+pub const MAC_SRC: &str = "macs";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacSpoof {
     pub iface: String,
@@ -84,9 +95,11 @@ impl PodNat {
         self.nets.is_empty() && !self.per_pod()
     }
 
-    /// Whether the pod owns elements of its own (which DEL must remove).
+    /// Whether the pod owns elements of its own in the text-written sets
+    /// (which DEL must remove). The MAC check's are written and removed
+    /// over netlink, by ifindex, like `ipspoofchk`'s.
     pub fn per_pod(&self) -> bool {
-        !self.ports.is_empty() || self.macspoof.is_some()
+        !self.ports.is_empty()
     }
 }
 
@@ -161,16 +174,16 @@ pub fn skeleton() -> String {
     // macspoofchk lives in the bridge family: it must see frames as they
     // enter the bridge, before any routing.
     let _ = writeln!(s, "add table bridge {t}");
-    let _ = writeln!(s, "add set bridge {t} spoofchk {{ type ifname; }}");
-    let _ = writeln!(s, "add set bridge {t} macs {{ type ifname . ether_addr; }}");
+    let _ = writeln!(s, "add set bridge {t} {MAC_PORTS} {{ type iface_index; }}");
     let _ = writeln!(
         s,
-        "add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}"
+        "add set bridge {t} {MAC_SRC} {{ type iface_index . ether_addr; }}"
     );
+    let _ = writeln!(s, "{}", bridge_prerouting());
     let _ = writeln!(s, "flush chain bridge {t} prerouting");
     let _ = writeln!(
         s,
-        "add rule bridge {t} prerouting iifname @spoofchk iifname . ether saddr != @macs drop"
+        "add rule bridge {t} prerouting iif @{MAC_PORTS} iif . ether saddr != @{MAC_SRC} drop"
     );
     // ipspoofchk: a pod may send only from its own addresses, whatever it
     // does inside its namespace (a second address, a raw socket). Checked
@@ -253,6 +266,78 @@ pub fn skeleton() -> String {
     s
 }
 
+/// The prerouting base chain of the bridge table, as the skeleton makes it.
+fn bridge_prerouting() -> String {
+    format!(
+        "add chain bridge {TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}"
+    )
+}
+
+/// [`skeleton`] for a node whose bridge table is of an older layout (or
+/// absent), in one transaction: the old version sets go, and so do the
+/// MAC check's sets keyed by name (until `rules_v2`), which are made again
+/// keyed by ifindex with `macs`, the live ports' MACs from the old ones
+/// (resolved to ifindexes by the caller), so no pod is left without its
+/// check at any point.
+///
+/// It starts with `create` of this layout's version set, which fails
+/// (EEXIST) on a table already of this layout, say one another ADD
+/// upgraded first; the caller then lays [`skeleton`] alone, which never
+/// deletes a set (and with it every pod's elements).
+pub fn upgrade(macs: &[(u32, String)]) -> String {
+    let t = TABLE;
+    let mut s = format!(
+        "add table bridge {t}\ncreate set bridge {t} {IPGUARD_LAYOUT} {{ type iface_index; }}\n"
+    );
+    // The flush takes the old MAC rule, the old sets' only user, first.
+    let _ = writeln!(s, "{}", bridge_prerouting());
+    let _ = writeln!(s, "flush chain bridge {t} prerouting");
+    let old = [(MAC_PORTS, "ifname"), (MAC_SRC, "ifname . ether_addr")]
+        .into_iter()
+        .chain(OLD_LAYOUTS.map(|v| (v, "iface_index")));
+    for (set, ty) in old {
+        // `add` first, so that the delete never fails on a set that is
+        // not there (a new node, or one that never had the version).
+        let _ = writeln!(s, "add set bridge {t} {set} {{ type {ty}; }}");
+        let _ = writeln!(s, "delete set bridge {t} {set}");
+    }
+    s.push_str(&skeleton());
+    for (index, mac) in macs {
+        let _ = writeln!(s, "add element bridge {t} {MAC_PORTS} {{ {index} }}");
+        let _ = writeln!(s, "add element bridge {t} {MAC_SRC} {{ {index} . {mac} }}");
+    }
+    s
+}
+
+/// The MAC check's pairs in `nft -j list set bridge weft-cni macs`, by
+/// the name nft prints for the port: (name, MAC). A port of the old
+/// layout is a name; one of this layout is a name while its link exists
+/// and a number once it is gone. Empty if the listing is not one.
+pub fn listed_macs(listing_json: &str) -> Vec<(String, String)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(listing_json) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = item.get("set") else { continue };
+        if set["name"].as_str() != Some(MAC_SRC) {
+            continue;
+        }
+        for e in set["elem"].as_array().into_iter().flatten() {
+            if let Some([port, mac]) = e
+                .get("concat")
+                .and_then(|c| c.as_array())
+                .map(|c| c.as_slice())
+            {
+                if let (Some(port), Some(mac)) = (port.as_str(), mac.as_str()) {
+                    out.push((port.to_string(), mac.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The script that deletes the anti-spoofing elements of links that no
 /// longer exist, from `nft -j list table bridge weft-cni`. nft prints an
 /// `iface_index` as the link's name while the link exists and as a number
@@ -284,7 +369,16 @@ pub fn sweep(listing_json: &str, gone: impl Fn(u32) -> bool) -> String {
     for item in v["nftables"].as_array().into_iter().flatten() {
         let Some(set) = item.get("set") else { continue };
         let name = set["name"].as_str().unwrap_or_default();
-        if ![IPGUARD_PORTS, IPGUARD_SRC4, IPGUARD_SRC6, IPGUARD_ND6].contains(&name) {
+        if ![
+            IPGUARD_PORTS,
+            IPGUARD_SRC4,
+            IPGUARD_SRC6,
+            IPGUARD_ND6,
+            MAC_PORTS,
+            MAC_SRC,
+        ]
+        .contains(&name)
+        {
             continue;
         }
         let els: Vec<String> = set["elem"]
@@ -332,16 +426,6 @@ fn elements(p: &PodNat, verb: &str) -> String {
         lines.push(format!(
             "{verb} element inet {t} hairpin{v} {{ {0} . {0} }}",
             hp.pod_ip
-        ));
-    }
-    if let Some(m) = &p.macspoof {
-        lines.push(format!(
-            "{verb} element bridge {t} spoofchk {{ \"{}\" }}",
-            m.iface
-        ));
-        lines.push(format!(
-            "{verb} element bridge {t} macs {{ \"{}\" . {} }}",
-            m.iface, m.mac
         ));
     }
     // Each element once: a pod with several hostPorts shares one hairpin
@@ -392,10 +476,11 @@ mod tests {
             sweep(listing, |_| true),
             "delete element bridge weft-cni ipguard { 57 }\n\
              delete element bridge weft-cni ipsrc4 { 57 . 10.1.0.3 }\n\
-             delete element bridge weft-cni ndtarget6 { 57 . 0xfd000000000000000000000000000003 }\n"
+             delete element bridge weft-cni ndtarget6 { 57 . 0xfd000000000000000000000000000003 }\n\
+             delete element bridge weft-cni macs { 9 . 02:00:00:00:00:01 }\n"
         );
         // A number whose link the kernel still has is kept.
-        assert_eq!(sweep(listing, |n| n != 57), "");
+        assert_eq!(sweep(listing, |n| n != 57 && n != 9), "");
         assert_eq!(sweep("not json", |_| true), "");
     }
 
@@ -407,7 +492,10 @@ mod tests {
             "add rule bridge weft-cni prerouting ether type ip iif . ip saddr @ipsrc4 accept",
             "add rule bridge weft-cni prerouting ether type ip6 meta l4proto != ipv6-icmp iif . ip6 saddr @ipsrc6 accept",
             "add rule bridge weft-cni prerouting iif @ipguard jump ipguard",
-            "add set bridge weft-cni rules_v2 { type iface_index; }",
+            "add set bridge weft-cni rules_v3 { type iface_index; }",
+            "add set bridge weft-cni spoofchk { type iface_index; }",
+            "add set bridge weft-cni macs { type iface_index . ether_addr; }",
+            "add rule bridge weft-cni prerouting iif @spoofchk iif . ether saddr != @macs drop",
             "add rule bridge weft-cni ipguard ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } counter name spoofed drop",
             "add rule bridge weft-cni ipguard ether type arp iif . arp saddr ip @ipsrc4 return",
             "add rule bridge weft-cni ipguard counter name spoofed drop",
@@ -431,6 +519,54 @@ mod tests {
         assert!(at("@macs drop") < at("@ipsrc4 accept"));
         assert!(at("@ipsrc6 accept") < at("jump ipguard"));
         assert!(!s.contains("ipguard ether type ip iif"));
+        // No rule reads a port's name: a 16-byte load and hash per frame.
+        assert!(!s.contains("iifname"));
+        // The skeleton never deletes: laid again on a table of its own
+        // layout, it keeps every pod's elements.
+        assert!(!s.contains("delete "));
+    }
+
+    #[test]
+    fn upgrade_replaces_the_name_keyed_mac_sets_and_carries_live_ports_over() {
+        let s = upgrade(&[(12, "02:00:00:00:00:01".into())]);
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle}\n{s}"));
+        // Gated on this layout's version set not being there yet.
+        assert!(s.starts_with(
+            "add table bridge weft-cni\ncreate set bridge weft-cni rules_v3 { type iface_index; }\n"
+        ));
+        // The old rule goes before its sets, and they before the new ones.
+        assert!(
+            at("flush chain bridge weft-cni prerouting")
+                < at("delete set bridge weft-cni spoofchk")
+        );
+        assert!(
+            at("add set bridge weft-cni spoofchk { type ifname; }")
+                < at("delete set bridge weft-cni spoofchk")
+        );
+        assert!(
+            at("delete set bridge weft-cni macs")
+                < at("add set bridge weft-cni macs { type iface_index . ether_addr; }")
+        );
+        assert!(s.contains("add set bridge weft-cni rules_v2 { type iface_index; }\ndelete set bridge weft-cni rules_v2\n"));
+        assert!(s.ends_with(
+            "add element bridge weft-cni spoofchk { 12 }\n\
+             add element bridge weft-cni macs { 12 . 02:00:00:00:00:01 }\n"
+        ));
+        assert!(s.contains(&skeleton()));
+    }
+
+    #[test]
+    fn listed_macs_reads_either_layouts_pairs() {
+        let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"set": {"family": "bridge", "name": "macs", "table": "weft-cni", "type": ["ifname", "ether_addr"], "elem": [{"concat": ["veth0123abcd", "02:00:00:00:00:01"]}, {"concat": ["57", "02:00:00:00:00:02"]}]}}]}"#;
+        assert_eq!(
+            listed_macs(listing),
+            vec![
+                ("veth0123abcd".to_string(), "02:00:00:00:00:01".to_string()),
+                ("57".to_string(), "02:00:00:00:00:02".to_string()),
+            ]
+        );
+        assert!(listed_macs("nope").is_empty());
     }
 
     fn pod() -> PodNat {
@@ -448,7 +584,8 @@ mod tests {
     }
 
     #[test]
-    fn macspoof_elements_live_in_the_bridge_table() {
+    fn macspoof_is_recorded_but_not_written_as_text() {
+        // Its elements go over netlink by ifindex (weft-cni's guard).
         let p = PodNat {
             macspoof: Some(MacSpoof {
                 iface: "veth0123abcd".into(),
@@ -456,12 +593,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(
-            add_elements(&p),
-            "add element bridge weft-cni spoofchk { \"veth0123abcd\" }\n\
-             add element bridge weft-cni macs { \"veth0123abcd\" . 02:00:00:00:00:01 }\n"
-        );
-        assert!(!p.is_empty());
+        assert_eq!(add_elements(&p), "");
+        assert_eq!(del_elements(&p), "");
+        assert!(!p.per_pod());
     }
 
     #[test]

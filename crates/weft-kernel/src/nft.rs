@@ -110,6 +110,56 @@ pub fn sweep_guard() -> Result<usize, KernelError> {
     Ok(script.lines().count())
 }
 
+/// Lays weft-cni's tables and this version's rules. A bridge table of an
+/// older layout (or none) is upgraded in one transaction
+/// (`weft_core::nft::upgrade`), with the MAC check's pairs of the ports
+/// that still exist carried over into its ifindex-keyed sets; a table
+/// already of this layout (another ADD may have just upgraded it) only
+/// has its chains refilled (`weft_core::nft::skeleton`). If the old pairs
+/// cannot be read, nothing is laid: an upgrade without them would take
+/// live pods out of the check.
+pub fn lay_skeleton() -> Result<(), KernelError> {
+    let macs = live_macs()?;
+    match apply(&weft_core::nft::upgrade(&macs)) {
+        Err(e) if e.nft_failure() == Some(crate::error::NftFailure::Exists) => {
+            apply(&weft_core::nft::skeleton())
+        }
+        r => r,
+    }
+}
+
+/// The MAC check's pairs in the bridge table, of the ports whose link
+/// exists, by ifindex. No table or set: none.
+fn live_macs() -> Result<Vec<(u32, String)>, KernelError> {
+    let out = Command::new(binary())
+        .args(["-j", "list", "set", "bridge", weft_core::nft::TABLE])
+        .arg(weft_core::nft::MAC_SRC)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| KernelError::io("exec nft", e))?;
+    if !out.status.success() {
+        let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
+        return if is_missing(&e) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    let listed = weft_core::nft::listed_macs(&String::from_utf8_lossy(&out.stdout));
+    if listed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let net = crate::net::Net::new()?;
+    let mut live = Vec::new();
+    for (port, mac) in listed {
+        // A number is a link that is gone (see `weft_core::nft::sweep`).
+        if let Some(l) = net.link_by_name(&port)? {
+            live.push((l.index, mac));
+        }
+    }
+    Ok(live)
+}
+
 /// The named counters of `table <family> <name>`: (name, packets, bytes).
 /// A missing table has none. Read on demand (a metrics scrape), so an
 /// exec of nft is cheap enough and keeps no state in the agent.

@@ -85,6 +85,15 @@ impl Key {
         self
     }
 
+    /// A link-layer address part (`ether_addr`) of a concatenation: its
+    /// six bytes, padded to eight. (A set keyed by the address alone
+    /// would take the six unpadded; none is.)
+    pub fn mac(mut self, mac: &[u8; 6]) -> Key {
+        self.0.extend_from_slice(mac);
+        self.0.resize(align4(self.0.len()), 0);
+        self
+    }
+
     pub fn build(self) -> Vec<u8> {
         self.0
     }
@@ -301,6 +310,14 @@ pub fn apply_requiring(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mac_in_a_concatenation_takes_two_registers() {
+        // `iface_index . ether_addr`: 4 bytes, then 6 padded to 8.
+        let k = Key::new().ifindex(1).mac(&[2, 0, 0, 0, 0, 0xab]).build();
+        assert_eq!(k.len(), 12);
+        assert_eq!(&k[4..], &[2, 0, 0, 0, 0, 0xab, 0, 0]);
+    }
 
     #[test]
     fn keys_are_laid_out_as_nft_lays_them() {

@@ -81,7 +81,8 @@ fn ipspoofchk_drops_packets_from_addresses_that_are_not_the_pods() {
 }
 
 /// The bridge table as weft-cni laid it before its rules had a version
-/// (ef2c0a1): the same sets, but no `rules_v2`, and the check only
+/// (ef2c0a1): the same sets, but no `rules_v2` (now `rules_v3`), the MAC
+/// check keyed by name, and the address check only
 /// behind the jump.
 const IPGUARD_V1: &str = "add table bridge weft-cni
 add set bridge weft-cni spoofchk { type ifname; }
@@ -103,6 +104,45 @@ add rule bridge weft-cni ipguard ether type ip6 ip6 saddr { ::, fe80::/10 } retu
 add rule bridge weft-cni ipguard counter name spoofed drop
 ";
 
+/// A node whose MAC check is keyed by port name (before `rules_v3`) gets
+/// the ifindex-keyed sets on the next ADD, and the pairs of ports that
+/// still exist come along: no pod leaves the check.
+#[test]
+fn macspoofchk_upgrade_carries_live_ports_over() {
+    let node = Node::new();
+    node.ns.ok(&format!("nft -f - <<'EOF'\n{IPGUARD_V1}EOF"));
+    node.ns
+        .ok("nft add set bridge weft-cni rules_v2 '{ type iface_index; }'");
+    node.ns.ok("ip link add wold0 type veth peer name wold1");
+    node.ns.ok(
+        "nft add element bridge weft-cni spoofchk '{ \"wold0\", \"wgone0\" }'; \
+         nft add element bridge weft-cni macs '{ \"wold0\" . 02:00:00:00:00:0a, \"wgone0\" . 02:00:00:00:00:0b }'",
+    );
+    let mut conf = node.conf("1.1.0", &["10.1.0.0/24"]);
+    conf["macspoofchk"] = json!(true);
+    let a = Pod::new();
+    let ra = node.add(&a, &conf);
+    let pre = node.ns.ok("nft list chain bridge weft-cni prerouting");
+    assert!(
+        pre.contains("iif @spoofchk iif . ether saddr != @macs drop"),
+        "{pre}"
+    );
+    assert!(!pre.contains("iifname"), "{pre}");
+    let macs = node.ns.ok("nft list set bridge weft-cni macs");
+    assert!(macs.contains("type iface_index . ether_addr"), "{macs}");
+    assert!(macs.contains("\"wold0\" . 02:00:00:00:00:0a"), "{macs}");
+    assert!(!macs.contains("02:00:00:00:00:0b"), "{macs}");
+    let mac = ra["interfaces"][2]["mac"].as_str().unwrap();
+    assert!(macs.contains(mac), "{macs}");
+    assert!(!node
+        .ns
+        .sh("nft list set bridge weft-cni rules_v2")
+        .status
+        .success());
+    node.del(&a, &conf);
+    node.ns.ok("ip link del wold0");
+}
+
 /// Issue 17: a node that has the table from an older weft-cni gets this
 /// version's rules on the next ADD (its element batch names the rules'
 /// version set, which the old table lacks), once, and the check holds
@@ -123,7 +163,12 @@ fn ipspoofchk_upgrades_an_older_table_on_the_next_add() {
     assert_eq!(pre.matches("@ipsrc4 accept").count(), 1, "{pre}");
     assert_eq!(pre.matches("jump ipguard").count(), 1, "{pre}");
     assert!(chain("ipguard").contains("nd-router-advert"));
-    node.ns.ok("nft list set bridge weft-cni rules_v2");
+    node.ns.ok("nft list set bridge weft-cni rules_v3");
+    assert!(!node
+        .ns
+        .sh("nft list set bridge weft-cni rules_v2")
+        .status
+        .success());
     let elems = node.ns.ok("nft list set bridge weft-cni ipsrc4");
     assert!(elems.contains(result_ips(&ra)[0].as_str()), "{elems}");
     // The next ADD finds the version and writes elements only: the rules
