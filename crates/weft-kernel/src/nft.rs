@@ -63,20 +63,8 @@ pub fn is_missing(e: &KernelError) -> bool {
 /// ENOENT from a script can mean a missing table *or* a missing element;
 /// this tells the two apart.
 pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
-    let out = Command::new(binary())
-        .args(["list", "tables", family])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| KernelError::io("exec nft", e))?;
-    if !out.status.success() {
-        return Err(KernelError::nft(
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ));
-    }
     let want = format!("table {family} {name}");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == want))
+    Ok(list(&["list", "tables", family])?.is_some_and(|t| t.lines().any(|l| l.trim() == want)))
 }
 
 /// Deletes the anti-spoofing elements of links that are gone
@@ -84,19 +72,13 @@ pub fn table_exists(family: &str, name: &str) -> Result<bool, KernelError> {
 /// had some. One wait for the kernel's commit however many there are, off
 /// any pod's ADD or DEL. A missing table has nothing to sweep.
 pub fn sweep_guard() -> Result<usize, KernelError> {
-    let out = Command::new(binary())
-        .args(["-j", "list", "table", "bridge", weft_core::nft::TABLE])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| KernelError::io("exec nft", e))?;
-    if !out.status.success() {
-        let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
-        return if is_missing(&e) { Ok(0) } else { Err(e) };
-    }
+    let Some(listing) = list(&["-j", "list", "table", "bridge", weft_core::nft::TABLE])? else {
+        return Ok(0);
+    };
     // A netlink handle only when some element looks stale (most sweeps
     // find none).
     let net = std::cell::OnceCell::new();
-    let script = weft_core::nft::sweep(&String::from_utf8_lossy(&out.stdout), |n| {
+    let script = weft_core::nft::sweep(&listing, |n| {
         // Only a link the kernel confirms gone; on any doubt, keep.
         let Ok(net) = net.get_or_init(crate::net::Net::new) else {
             return false;
@@ -131,21 +113,18 @@ pub fn lay_skeleton() -> Result<(), KernelError> {
 /// The MAC check's pairs in the bridge table, of the ports whose link
 /// exists, by ifindex. No table or set: none.
 fn live_macs() -> Result<Vec<(u32, String)>, KernelError> {
-    let out = Command::new(binary())
-        .args(["-j", "list", "set", "bridge", weft_core::nft::TABLE])
-        .arg(weft_core::nft::MAC_SRC)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| KernelError::io("exec nft", e))?;
-    if !out.status.success() {
-        let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
-        return if is_missing(&e) {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
-    }
-    let listed = weft_core::nft::listed_macs(&String::from_utf8_lossy(&out.stdout));
+    let args = [
+        "-j",
+        "list",
+        "set",
+        "bridge",
+        weft_core::nft::TABLE,
+        weft_core::nft::MAC_SRC,
+    ];
+    let Some(listing) = list(&args)? else {
+        return Ok(Vec::new());
+    };
+    let listed = weft_core::nft::listed_macs(&listing);
     if listed.is_empty() {
         return Ok(Vec::new());
     }
@@ -164,20 +143,28 @@ fn live_macs() -> Result<Vec<(u32, String)>, KernelError> {
 /// A missing table has none. Read on demand (a metrics scrape), so an
 /// exec of nft is cheap enough and keeps no state in the agent.
 pub fn counters(family: &str, name: &str) -> Result<Vec<(String, u64, u64)>, KernelError> {
+    Ok(list(&["list", "counters", "table", family, name])?
+        .map(|text| parse_counters(&text))
+        .unwrap_or_default())
+}
+
+/// Runs a listing `nft` command; None when what it names does not exist
+/// (a table not laid yet has nothing to list).
+fn list(args: &[&str]) -> Result<Option<String>, KernelError> {
     let out = Command::new(binary())
-        .args(["list", "counters", "table", family, name])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| KernelError::io("exec nft", e))?;
-    if !out.status.success() {
-        let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
-        return if is_missing(&e) {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
-    Ok(parse_counters(&String::from_utf8_lossy(&out.stdout)))
+    let e = KernelError::nft(String::from_utf8_lossy(&out.stderr).trim());
+    if is_missing(&e) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }
 
 /// Parses `nft list counters` output: `counter NAME {` then
