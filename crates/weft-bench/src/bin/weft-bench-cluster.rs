@@ -443,25 +443,28 @@ fn parse_bps(json: &str) -> Result<f64, String> {
     num.parse().map_err(|_| format!("bad number {num:?}"))
 }
 
+/// Every lab this bench measures: two nodes on `backend`, pods a1 and a2
+/// on node-1 and b1 on node-2.
+fn pods_lab(o: &Opts, name: &str, backend: &str) -> Result<Lab, String> {
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
+    let f = std::env::temp_dir().join(format!("{name}-{}.yaml", std::process::id()));
+    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
+    let fs = f.to_str().unwrap_or_default();
+    let lab = Lab::up(
+        &o.weft,
+        name,
+        &["--nodes", "2", "--backend", backend, "-f", fs],
+    );
+    let _ = std::fs::remove_file(&f);
+    lab
+}
+
 /// Each path's median Gbit/s, with the index of its floor's row.
 fn throughput(o: &Opts) -> Result<Vec<(String, f64, Option<usize>)>, String> {
-    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
-    let f = std::env::temp_dir().join(format!("wbc-pods-{}.yaml", std::process::id()));
-    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
-    let fs = f.to_str().unwrap_or_default().to_string();
     let bare = Bare::new(false)?;
     let bare_big = Bare::new(true)?;
-    let vx = Lab::up(
-        &o.weft,
-        "wbc-vxlan",
-        &["--nodes", "2", "--backend", "vxlan", "-f", &fs],
-    )?;
-    let hg = Lab::up(
-        &o.weft,
-        "wbc-hostgw",
-        &["--nodes", "2", "--backend", "host-gw", "-f", &fs],
-    )?;
-    let _ = std::fs::remove_file(&f);
+    let vx = pods_lab(o, "wbc-vxlan", "vxlan")?;
+    let hg = pods_lab(o, "wbc-hostgw", "host-gw")?;
     let (hg_floor, vx_floor) = (Floor::new(false)?, Floor::new(true)?);
     let (hfs, hfip, hfc) = hg_floor.cross();
     let (vfs, vfip, vfc) = vx_floor.cross();
@@ -702,22 +705,7 @@ impl Checks {
 /// What the checks cost, in one vxlan lab: each path measured with them
 /// on and off, taking turns run by run.
 fn security_ab(o: &Opts) -> Result<(), String> {
-    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
-    let f = std::env::temp_dir().join(format!("wbc-sec-{}.yaml", std::process::id()));
-    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
-    let vx = Lab::up(
-        &o.weft,
-        "wbc-sec",
-        &[
-            "--nodes",
-            "2",
-            "--backend",
-            "vxlan",
-            "-f",
-            f.to_str().unwrap_or_default(),
-        ],
-    )?;
-    let _ = std::fs::remove_file(&f);
+    let vx = pods_lab(o, "wbc-sec", "vxlan")?;
     let cases = [
         ("pod→pod, same node (vxlan lab)", "default.a2", "default/a2"),
         ("pod→pod, cross-node vxlan", "default.b1", "default/b1"),
@@ -807,25 +795,10 @@ fn security_cpu(o: &Opts) -> Result<(), String> {
         Kind::Udp => (o.packets, 256, 32),
         Kind::Tcp => ((o.packets / 20).max(100), 16, 1),
     };
-    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-1, containers: [{name: c, command: [sleep, infinity]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b1}\nspec: {nodeName: node-2, containers: [{name: c, command: [sleep, infinity]}]}\n";
-    let f = std::env::temp_dir().join(format!("wbc-seccpu-{}.yaml", std::process::id()));
-    std::fs::write(&f, pods).map_err(|e| e.to_string())?;
-    let up = |name: &str| {
-        Lab::up(
-            &o.weft,
-            name,
-            &[
-                "--nodes",
-                "2",
-                "--backend",
-                "vxlan",
-                "-f",
-                f.to_str().unwrap_or_default(),
-            ],
-        )
-    };
-    let labs = [up("wbc-cpux")?, up("wbc-cpuy")?];
-    let _ = std::fs::remove_file(&f);
+    let labs = [
+        pods_lab(o, "wbc-cpux", "vxlan")?,
+        pods_lab(o, "wbc-cpuy", "vxlan")?,
+    ];
     let floor = Floor::new(true)?;
     for ns in labs
         .iter()
