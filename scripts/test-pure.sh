@@ -10,15 +10,10 @@ if [ "$(id -u)" != 0 ]; then
     exec cargo test --release "${pure[@]}" "$@"
 fi
 # Build as root (the target directory is root's), run without privilege.
+# (grep, not a JSON tool: a fresh Debian has neither python nor jq.)
 bins=$(cargo test --release --workspace --no-run --message-format=json "$@" 2>/dev/null |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    pkg = m.get("package_id", "").split("#")[0].rsplit("/", 1)[-1]
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and pkg in ("weft-core", "weft-model", "weft-source"):
-        print(m["executable"])
-' | sort -u)
+    grep -E '"package_id":"[^"]*/crates/weft-(core|model|source)#' |
+    grep -oE '"executable":"[^"]+"' | cut -d'"' -f4 | sort -u)
 [ -n "$bins" ] || { echo "test-pure: no test binaries found" >&2; exit 1; }
 for b in $bins; do
     echo "== $(basename "$b") (no capabilities)"
